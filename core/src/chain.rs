@@ -1,0 +1,417 @@
+//! Walking a split-ring descriptor chain, checked against a hostile driver: bounded length,
+//! one level of indirection, checked arithmetic, every buffer inside guest memory, writable
+//! buffers after readable ones. The result is a list of host-translated segments, kept in a
+//! reusable buffer so the hot path does not allocate.
+
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+use crate::memory::GuestMem;
+
+const DESC_SIZE: u64 = 16;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// Why a chain was refused. The queue completes such a chain with length 0 and goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A descriptor index is outside the table.
+    #[error("descriptor index {0} out of range")]
+    BadIndex(u16),
+    /// More descriptors than the queue (or indirect table) size: a loop or an overlong chain.
+    #[error("descriptor chain longer than the queue")]
+    TooLong,
+    /// An indirect descriptor inside an indirect table.
+    #[error("nested indirect descriptor table")]
+    NestedIndirect,
+    /// INDIRECT used without the feature, or with NEXT also set.
+    #[error("indirect descriptor not allowed here")]
+    IndirectNotAllowed,
+    /// Indirect table length is zero, not a multiple of 16 or too large.
+    #[error("invalid indirect table length {0}")]
+    BadIndirectLen(u32),
+    /// A descriptor or table is not inside guest memory.
+    #[error("buffer at {addr:#x} (+{len}) is outside guest memory")]
+    OutOfMemory {
+        /// Guest physical address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A device-readable descriptor after a device-writable one.
+    #[error("readable descriptor after a writable one")]
+    ReadAfterWrite,
+    /// The total length does not fit in 32 bits.
+    #[error("chain length overflows")]
+    LengthOverflow,
+}
+
+/// One contiguous piece of a buffer, inside a single guest memory region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable.
+    pub writable: bool,
+    /// Host virtual address of `addr` in this process (valid while the chain's memory
+    /// snapshot is held, that is until the chain is completed).
+    pub host: usize,
+}
+
+/// A walked chain: its head, its segments, and the memory it was translated against.
+#[derive(Debug, Default)]
+pub struct Chain {
+    head: u16,
+    segs: Vec<Segment>,
+    readable: u32,
+    writable: u32,
+    mem: Option<Arc<GuestMem>>,
+}
+
+impl Chain {
+    /// Head descriptor index.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Every segment in chain order (readable ones first).
+    pub fn segments(&self) -> &[Segment] {
+        &self.segs
+    }
+
+    /// Device-readable segments.
+    pub fn readable(&self) -> &[Segment] {
+        let n = self.segs.iter().take_while(|s| !s.writable).count();
+        &self.segs[..n]
+    }
+
+    /// Device-writable segments.
+    pub fn writable(&self) -> &[Segment] {
+        let n = self.segs.iter().take_while(|s| !s.writable).count();
+        &self.segs[n..]
+    }
+
+    /// Total bytes the device may read.
+    pub fn readable_len(&self) -> u32 {
+        self.readable
+    }
+
+    /// Total bytes the device may write.
+    pub fn writable_len(&self) -> u32 {
+        self.writable
+    }
+
+    /// The memory snapshot the host addresses point into.
+    pub fn memory(&self) -> Option<&Arc<GuestMem>> {
+        self.mem.as_ref()
+    }
+
+    /// Copies from the readable part, starting `offset` bytes in. Returns bytes copied.
+    pub fn read_at(&self, offset: u32, buf: &mut [u8]) -> usize {
+        self.copy(self.readable(), offset, buf.len(), |mem, addr, range| {
+            mem.read_slice(&mut buf[range], addr).is_ok()
+        })
+    }
+
+    /// Copies into the writable part, starting `offset` bytes in. Returns bytes copied.
+    /// Goes through vm-memory, so dirty logging sees it.
+    pub fn write_at(&self, offset: u32, data: &[u8]) -> usize {
+        self.copy(self.writable(), offset, data.len(), |mem, addr, range| {
+            mem.write_slice(&data[range], addr).is_ok()
+        })
+    }
+
+    fn copy(
+        &self,
+        segs: &[Segment],
+        offset: u32,
+        len: usize,
+        mut f: impl FnMut(&GuestMem, GuestAddress, std::ops::Range<usize>) -> bool,
+    ) -> usize {
+        let Some(mem) = self.mem.as_deref() else {
+            return 0;
+        };
+        let mut skip = offset as u64;
+        let mut done = 0usize;
+        for s in segs {
+            if done == len {
+                break;
+            }
+            let slen = s.len as u64;
+            if skip >= slen {
+                skip -= slen;
+                continue;
+            }
+            let n = ((slen - skip) as usize).min(len - done);
+            if !f(mem, GuestAddress(s.addr + skip), done..done + n) {
+                break;
+            }
+            done += n;
+            skip = 0;
+        }
+        done
+    }
+
+    /// Drops the memory snapshot (the chain was completed).
+    pub(crate) fn release(&mut self) {
+        self.mem = None;
+        self.segs.clear();
+    }
+
+    /// Walks the chain at `head` of a ring with `queue_size` descriptors at `desc_table`.
+    pub fn walk(
+        &mut self,
+        mem: &Arc<GuestMem>,
+        desc_table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+        indirect_ok: bool,
+    ) -> Result<(), ChainError> {
+        self.segs.clear();
+        self.head = head;
+        self.readable = 0;
+        self.writable = 0;
+        self.mem = Some(mem.clone());
+        let res = self.walk_inner(mem, desc_table, queue_size, head, indirect_ok);
+        if res.is_err() {
+            self.segs.clear();
+            self.readable = 0;
+            self.writable = 0;
+        }
+        res
+    }
+
+    fn walk_inner(
+        &mut self,
+        mem: &GuestMem,
+        mut table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+        indirect_ok: bool,
+    ) -> Result<(), ChainError> {
+        let mut table_len = queue_size;
+        let mut idx = head;
+        let mut indirect = false;
+        let mut budget = queue_size as u32;
+        let mut seen_write = false;
+        loop {
+            if idx >= table_len {
+                return Err(ChainError::BadIndex(idx));
+            }
+            if budget == 0 {
+                return Err(ChainError::TooLong);
+            }
+            budget -= 1;
+            let addr =
+                table
+                    .checked_add(idx as u64 * DESC_SIZE)
+                    .ok_or(ChainError::OutOfMemory {
+                        addr: table.0,
+                        len: DESC_SIZE,
+                    })?;
+            let d: Descriptor = mem.read_obj(addr).map_err(|_| ChainError::OutOfMemory {
+                addr: addr.0,
+                len: DESC_SIZE,
+            })?;
+            let flags = d.flags();
+            if flags & F_INDIRECT != 0 {
+                if indirect {
+                    return Err(ChainError::NestedIndirect);
+                }
+                if !indirect_ok || flags & F_NEXT != 0 {
+                    return Err(ChainError::IndirectNotAllowed);
+                }
+                let len = d.len();
+                let n = len as u64 / DESC_SIZE;
+                if len == 0 || !(len as u64).is_multiple_of(DESC_SIZE) || n > queue_size as u64 {
+                    return Err(ChainError::BadIndirectLen(len));
+                }
+                if !mem.check_range(d.addr(), len as usize) {
+                    return Err(ChainError::OutOfMemory {
+                        addr: d.addr().0,
+                        len: len as u64,
+                    });
+                }
+                table = d.addr();
+                table_len = n as u16;
+                budget = n as u32;
+                idx = 0;
+                indirect = true;
+                continue;
+            }
+            let writable = flags & F_WRITE != 0;
+            if writable {
+                seen_write = true;
+            } else if seen_write {
+                return Err(ChainError::ReadAfterWrite);
+            }
+            self.push(mem, d.addr().0, d.len(), writable)?;
+            if flags & F_NEXT == 0 {
+                return Ok(());
+            }
+            idx = d.next();
+        }
+    }
+
+    fn push(
+        &mut self,
+        mem: &GuestMem,
+        addr: u64,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), ChainError> {
+        let total = if writable {
+            &mut self.writable
+        } else {
+            &mut self.readable
+        };
+        *total = total.checked_add(len).ok_or(ChainError::LengthOverflow)?;
+        let oob = ChainError::OutOfMemory {
+            addr,
+            len: len as u64,
+        };
+        addr.checked_add(len as u64).ok_or(oob)?;
+        let mut cur = addr;
+        let mut left = len as u64;
+        while left > 0 {
+            let region = mem.find_region(GuestAddress(cur)).ok_or(oob)?;
+            let off = cur - region.start_addr().0;
+            let avail = region.len() - off;
+            let n = left.min(avail);
+            let host = region
+                .get_host_address(MemoryRegionAddress(off))
+                .map_err(|_| oob)? as usize;
+            self.segs.push(Segment {
+                addr: cur,
+                len: n as u32,
+                writable,
+                host,
+            });
+            cur += n;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn mem() -> Arc<GuestMem> {
+        let m: GuestMemoryMmap<crate::dirty_log::LogBitmap> = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .expect("mem");
+        Arc::new(m)
+    }
+
+    fn put(m: &GuestMem, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        m.write_obj(
+            Descriptor::new(addr, len, flags, next),
+            GuestAddress(table + i as u64 * 16),
+        )
+        .expect("desc");
+    }
+
+    #[test]
+    fn simple_chain_and_region_split() {
+        let m = mem();
+        put(&m, 0, 0, 0x1000, 16, F_NEXT, 1);
+        put(&m, 0, 1, 0xff00, 0x200, F_NEXT | F_WRITE, 2); // crosses into region 2
+        put(&m, 0, 2, 0x3000, 1, F_WRITE, 0);
+        let mut c = Chain::default();
+        c.walk(&m, GuestAddress(0), 8, 0, true).expect("walk");
+        assert_eq!(c.readable_len(), 16);
+        assert_eq!(c.writable_len(), 0x201);
+        assert_eq!(c.readable().len(), 1);
+        assert_eq!(c.writable().len(), 3);
+        assert_eq!(c.writable()[0].len, 0x100);
+        assert_eq!(c.writable()[1].addr, 0x10000);
+        assert_eq!(c.write_at(0xfe, &[1, 2, 3, 4]), 4);
+        let mut b = [0u8; 4];
+        m.read_slice(&mut b, GuestAddress(0xfffe)).expect("read");
+        assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn hostile_chains() {
+        let m = mem();
+        let mut c = Chain::default();
+        // Loop.
+        put(&m, 0, 0, 0x1000, 16, F_NEXT, 1);
+        put(&m, 0, 1, 0x1000, 16, F_NEXT, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::TooLong)
+        );
+        // Next out of range.
+        put(&m, 0, 1, 0x1000, 16, F_NEXT, 9);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::BadIndex(9))
+        );
+        // Buffer outside memory.
+        put(&m, 0, 1, 0x30000, 16, 0, 0);
+        assert!(matches!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::OutOfMemory { .. })
+        ));
+        // Address overflow.
+        put(&m, 0, 1, u64::MAX - 4, 16, 0, 0);
+        assert!(matches!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::OutOfMemory { .. })
+        ));
+        // Read after write.
+        put(&m, 0, 0, 0x1000, 16, F_NEXT | F_WRITE, 1);
+        put(&m, 0, 1, 0x1000, 16, 0, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::ReadAfterWrite)
+        );
+        // Indirect: fine, then nested, then bad length, then not negotiated.
+        put(&m, 0, 0, 0x2000, 32, F_INDIRECT, 0);
+        put(&m, 0x2000, 0, 0x1000, 8, F_NEXT, 1);
+        put(&m, 0x2000, 1, 0x1100, 8, F_WRITE, 0);
+        c.walk(&m, GuestAddress(0), 8, 0, true).expect("indirect");
+        assert_eq!((c.readable_len(), c.writable_len()), (8, 8));
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, false),
+            Err(ChainError::IndirectNotAllowed)
+        );
+        put(&m, 0x2000, 1, 0x3000, 16, F_INDIRECT, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::NestedIndirect)
+        );
+        put(&m, 0, 0, 0x2000, 24, F_INDIRECT, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::BadIndirectLen(24))
+        );
+        put(&m, 0, 0, 0x2000, 16 * 9, F_INDIRECT, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 0, true),
+            Err(ChainError::BadIndirectLen(144))
+        );
+        // Length overflow.
+        put(&m, 0, 0, 0x1000, u32::MAX, F_NEXT, 1);
+        put(&m, 0, 1, 0x1000, 16, 0, 0);
+        assert!(c.walk(&m, GuestAddress(0), 8, 0, true).is_err());
+        // Head out of range.
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 8, 8, true),
+            Err(ChainError::BadIndex(8))
+        );
+    }
+}

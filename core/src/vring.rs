@@ -1,0 +1,653 @@
+//! Virtqueues: the per-queue runtime a device sees (`QueueIo`) and the worker thread that
+//! drives it (one epoll thread per queue).
+
+use std::collections::VecDeque;
+use std::num::Wrapping;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::chain::Chain;
+use crate::device::{Progress, QueueHandler};
+use crate::dirty_log::DirtyLog;
+use crate::inflight::InflightQueue;
+use crate::memory::{GuestMem, GuestMemAtomic};
+use crate::warn_ratelimited;
+
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Counters for one queue, readable while it runs.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Requests completed.
+    pub completed: AtomicU64,
+    /// Malformed chains completed with an error.
+    pub chain_errors: AtomicU64,
+    /// Notifications sent to the driver.
+    pub notifications: AtomicU64,
+    /// Kicks received.
+    pub kicks: AtomicU64,
+}
+
+/// State shared between the connection thread and a queue's worker.
+#[derive(Debug)]
+pub struct VringShared {
+    /// Where to signal used buffers; swapped on SET_VRING_CALL while running.
+    pub call: Mutex<Option<EventFd>>,
+    /// Where to signal errors (SET_VRING_ERR).
+    pub err: Mutex<Option<EventFd>>,
+    /// SET_VRING_ENABLE.
+    pub enabled: AtomicBool,
+    /// Counters.
+    pub stats: QueueStats,
+    /// VHOST_VRING_F_LOG: log used-ring writes at `log_addr`.
+    pub log_used: AtomicBool,
+    /// Guest address used-ring writes are logged at.
+    pub log_addr: AtomicU64,
+    /// Available index as of the last quiesce (sleep/stop).
+    pub last_avail: AtomicU32,
+    /// Used index as of the last quiesce.
+    pub last_used: AtomicU32,
+}
+
+impl Default for VringShared {
+    fn default() -> Self {
+        VringShared {
+            call: Mutex::new(None),
+            err: Mutex::new(None),
+            enabled: AtomicBool::new(false),
+            stats: QueueStats::default(),
+            log_used: AtomicBool::new(false),
+            log_addr: AtomicU64::new(0),
+            last_avail: AtomicU32::new(0),
+            last_used: AtomicU32::new(0),
+        }
+    }
+}
+
+impl VringShared {
+    fn signal_call(&self) {
+        let guard = self.call.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = guard.as_ref() {
+            let _ = fd.write(1);
+            self.stats.notifications.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn signal_err(&self) {
+        let guard = self.err.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = guard.as_ref() {
+            let _ = fd.write(1);
+        }
+    }
+}
+
+/// Everything needed to start a queue's runtime.
+#[derive(Debug)]
+pub struct QueueSetup {
+    /// Queue index.
+    pub index: usize,
+    /// Negotiated ring size.
+    pub size: u16,
+    /// Guest physical addresses of the rings.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// First available index to process (SET_VRING_BASE).
+    pub base: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// VIRTIO_RING_F_INDIRECT_DESC negotiated.
+    pub indirect: bool,
+}
+
+/// Errors when a queue cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum VringError {
+    /// The ring does not fit in guest memory, or its size is invalid.
+    #[error("vring {0} is not valid in guest memory")]
+    Invalid(usize),
+    /// The ring's used index could not be read.
+    #[error("cannot read the used ring of vring {0}")]
+    UsedRing(usize),
+    /// Creating the worker's epoll or eventfd failed.
+    #[error("cannot set up the queue worker")]
+    Worker(#[source] std::io::Error),
+}
+
+/// The runtime of one started queue, as the device sees it.
+#[derive(Debug)]
+pub struct QueueIo {
+    index: usize,
+    queue: Queue,
+    size: u16,
+    used_ring: u64,
+    avail_ring: u64,
+    indirect: bool,
+    mem_atomic: GuestMemAtomic,
+    mem: Arc<GuestMem>,
+    slots: Vec<Chain>,
+    busy: Vec<bool>,
+    in_device: usize,
+    resubmit: VecDeque<u16>,
+    inflight: Option<InflightQueue>,
+    counter: u64,
+    next_used: Wrapping<u16>,
+    signalled_used: Wrapping<u16>,
+    pending_used: u16,
+    drained: bool,
+    chain_errors: bool,
+    log: Arc<DirtyLog>,
+    shared: Arc<VringShared>,
+}
+
+impl QueueIo {
+    /// Builds the runtime; recovers in-flight requests when `inflight` holds any.
+    pub(crate) fn new(
+        setup: &QueueSetup,
+        mem_atomic: GuestMemAtomic,
+        inflight: Option<InflightQueue>,
+        log: Arc<DirtyLog>,
+        shared: Arc<VringShared>,
+    ) -> Result<Self, VringError> {
+        let idx = setup.index;
+        let mut queue = Queue::new(setup.size).map_err(|_| VringError::Invalid(idx))?;
+        queue.set_desc_table_address(Some(setup.desc as u32), Some((setup.desc >> 32) as u32));
+        queue.set_avail_ring_address(Some(setup.avail as u32), Some((setup.avail >> 32) as u32));
+        queue.set_used_ring_address(Some(setup.used as u32), Some((setup.used >> 32) as u32));
+        queue.set_event_idx(setup.event_idx);
+        queue.set_ready(true);
+        let mem = mem_atomic.memory().into_inner();
+        if !queue.is_valid(&*mem)
+            || !setup.desc.is_multiple_of(16)
+            || !setup.avail.is_multiple_of(2)
+            || !setup.used.is_multiple_of(4)
+        {
+            return Err(VringError::Invalid(idx));
+        }
+        let guest_used: u16 = mem
+            .load(GuestAddress(setup.used + 2), Ordering::Acquire)
+            .map_err(|_| VringError::UsedRing(idx))?;
+        let mut base = setup.base;
+        let mut resubmit = VecDeque::new();
+        let mut counter = 0;
+        let mut inflight = inflight;
+        if let Some(tracker) = inflight.as_mut() {
+            let (heads, next) = tracker.recover(guest_used);
+            counter = next;
+            if !heads.is_empty() {
+                // Everything fetched was either used or is still in flight.
+                base = guest_used.wrapping_add(heads.len() as u16);
+                tracing::info!(
+                    queue = idx,
+                    count = heads.len(),
+                    "resubmitting in-flight requests"
+                );
+                resubmit.extend(heads);
+            }
+        }
+        queue.set_next_avail(base);
+        queue.set_next_used(guest_used);
+        let n = setup.size as usize;
+        Ok(QueueIo {
+            index: idx,
+            queue,
+            size: setup.size,
+            used_ring: setup.used,
+            avail_ring: setup.avail,
+            indirect: setup.indirect,
+            mem_atomic,
+            mem,
+            slots: (0..n).map(|_| Chain::default()).collect(),
+            busy: vec![false; n],
+            in_device: 0,
+            resubmit,
+            inflight,
+            counter,
+            next_used: Wrapping(guest_used),
+            signalled_used: Wrapping(guest_used),
+            pending_used: 0,
+            drained: false,
+            chain_errors: false,
+            log,
+            shared,
+        })
+    }
+
+    /// Queue index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Ring size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Current guest memory snapshot.
+    pub fn memory(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+
+    /// Requests taken by the device and not yet completed.
+    pub fn in_device(&self) -> usize {
+        self.in_device
+    }
+
+    /// Next available index (what GET_VRING_BASE reports once drained).
+    pub fn next_avail(&self) -> u16 {
+        self.queue.next_avail()
+    }
+
+    /// Next used index.
+    pub fn next_used(&self) -> u16 {
+        self.next_used.0
+    }
+
+    /// Whether the last `pop` found the ring empty.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    pub(crate) fn refresh_memory(&mut self) {
+        self.mem = self.mem_atomic.memory().into_inner();
+    }
+
+    /// Takes the next request. Malformed chains are completed with length 0 here and never
+    /// reach the device. Returns the head index; the chain is `chain(head)`.
+    pub fn pop(&mut self) -> Option<u16> {
+        loop {
+            let head = if let Some(h) = self.resubmit.pop_front() {
+                h
+            } else {
+                let mem = self.mem.clone();
+                match self.queue.pop_descriptor_chain(&*mem) {
+                    Some(c) => c.head_index(),
+                    None => {
+                        self.drained = true;
+                        return None;
+                    }
+                }
+            };
+            let h = head as usize;
+            if h >= self.slots.len() {
+                warn_ratelimited!(
+                    queue = self.index,
+                    head,
+                    "driver offered an out-of-range head"
+                );
+                self.chain_errors = true;
+                self.shared
+                    .stats
+                    .chain_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if self.busy[h] {
+                warn_ratelimited!(
+                    queue = self.index,
+                    head,
+                    "driver offered a head that is in flight"
+                );
+                self.chain_errors = true;
+                self.shared
+                    .stats
+                    .chain_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Some(t) = self.inflight.as_ref() {
+                t.take(head, self.counter);
+                self.counter = self.counter.wrapping_add(1);
+            }
+            let desc_table = GuestAddress(self.queue.desc_table());
+            match self.slots[h].walk(&self.mem, desc_table, self.size, head, self.indirect) {
+                Ok(()) => {
+                    self.busy[h] = true;
+                    self.in_device += 1;
+                    self.drained = false;
+                    return Some(head);
+                }
+                Err(e) => {
+                    warn_ratelimited!(queue = self.index, head, error = %e, "malformed descriptor chain");
+                    self.chain_errors = true;
+                    self.shared
+                        .stats
+                        .chain_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.slots[h].release();
+                    self.push_used(head, 0);
+                }
+            }
+        }
+    }
+
+    /// The chain of a request the device holds.
+    pub fn chain(&self, head: u16) -> &Chain {
+        &self.slots[head as usize]
+    }
+
+    /// Completes a request: `len` bytes were written into its writable buffers.
+    pub fn complete(&mut self, head: u16, len: u32) {
+        let h = head as usize;
+        if h >= self.busy.len() || !self.busy[h] {
+            tracing::error!(
+                queue = self.index,
+                head,
+                "device completed a request it does not hold"
+            );
+            return;
+        }
+        if self.log.is_active() {
+            for s in self.slots[h].writable() {
+                self.log.mark(s.addr, s.len as u64);
+            }
+        }
+        let len = len.min(self.slots[h].writable_len());
+        self.slots[h].release();
+        self.busy[h] = false;
+        self.in_device -= 1;
+        self.shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+        self.push_used(head, len);
+    }
+
+    fn push_used(&mut self, head: u16, len: u32) {
+        let pos = (self.next_used.0 % self.size) as u64;
+        let addr = GuestAddress(self.used_ring + 4 + pos * 8);
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        if self.mem.write_slice(&elem, addr).is_err() {
+            warn_ratelimited!(queue = self.index, "used ring is not writable");
+            return;
+        }
+        if let Some(t) = self.inflight.as_mut() {
+            t.used(head);
+        }
+        self.next_used += Wrapping(1);
+        self.pending_used = self.pending_used.wrapping_add(1);
+    }
+
+    /// Publishes completed requests and notifies the driver if it wants to be told.
+    pub fn flush(&mut self) {
+        if self.chain_errors {
+            self.chain_errors = false;
+            self.shared.signal_err();
+        }
+        if self.pending_used == 0 {
+            return;
+        }
+        self.pending_used = 0;
+        let new = self.next_used;
+        let _ = self
+            .mem
+            .store(new.0, GuestAddress(self.used_ring + 2), Ordering::Release);
+        if let Some(t) = self.inflight.as_mut() {
+            t.commit(new.0);
+        }
+        if self.log.is_active() && self.shared.log_used.load(Ordering::Relaxed) {
+            let log_addr = self.shared.log_addr.load(Ordering::Relaxed);
+            self.log.mark(log_addr, 6 + 8 * self.size as u64);
+        }
+        // Order the used index store before reading the driver's suppression state.
+        fence(Ordering::SeqCst);
+        if self.needs_notification(new) {
+            self.shared.signal_call();
+        }
+    }
+
+    fn needs_notification(&mut self, new: Wrapping<u16>) -> bool {
+        let old = self.signalled_used;
+        if self.queue.event_idx_enabled() {
+            let addr = GuestAddress(self.avail_ring + 4 + 2 * self.size as u64);
+            let Ok(event) = self.mem.load::<u16>(addr, Ordering::Acquire) else {
+                return true;
+            };
+            self.signalled_used = new;
+            // vring_need_event(event, new, old)
+            (new - Wrapping(event) - Wrapping(1)) < (new - old)
+        } else {
+            self.signalled_used = new;
+            match self
+                .mem
+                .load::<u16>(GuestAddress(self.avail_ring), Ordering::Acquire)
+            {
+                Ok(flags) => flags & VRING_AVAIL_F_NO_INTERRUPT == 0,
+                Err(_) => true,
+            }
+        }
+    }
+
+    fn disable_notification(&mut self) {
+        let mem = self.mem.clone();
+        let _ = self.queue.disable_notification(&*mem);
+    }
+
+    /// Re-enables driver notifications; returns true if more buffers arrived meanwhile.
+    fn enable_notification(&mut self) -> bool {
+        let mem = self.mem.clone();
+        self.queue.enable_notification(&*mem).unwrap_or(false)
+    }
+}
+
+/// Commands from the connection thread to a worker.
+#[derive(Debug)]
+enum Command {
+    Stop,
+    Sleep(mpsc::Sender<()>),
+    Wake,
+    Poke,
+}
+
+/// Handle to a running queue worker.
+#[derive(Debug)]
+pub struct Worker {
+    ctl: Arc<EventFd>,
+    cmds: Arc<Mutex<VecDeque<Command>>>,
+    thread: Option<JoinHandle<QueueIo>>,
+}
+
+impl Worker {
+    /// Starts a worker thread for `io`, woken by `kick`.
+    pub fn spawn(
+        io: QueueIo,
+        handler: Box<dyn QueueHandler>,
+        kick: EventFd,
+        device: &str,
+    ) -> Result<Self, VringError> {
+        let ctl = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VringError::Worker)?);
+        let cmds = Arc::new(Mutex::new(VecDeque::new()));
+        let epoll = Epoll::new().map_err(VringError::Worker)?;
+        let add = |fd: RawFd, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(kick.as_raw_fd(), TOKEN_KICK).map_err(VringError::Worker)?;
+        add(ctl.as_raw_fd(), TOKEN_CTL).map_err(VringError::Worker)?;
+        for (i, fd) in handler.event_fds().into_iter().enumerate() {
+            add(fd, TOKEN_DEV + i as u64).map_err(VringError::Worker)?;
+        }
+        let name = format!("{}-q{}", device, io.index);
+        let (c2, q2) = (ctl.clone(), cmds.clone());
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(io, handler, kick, epoll, c2, q2))
+            .map_err(VringError::Worker)?;
+        Ok(Worker {
+            ctl,
+            cmds,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, cmd: Command) {
+        self.cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(cmd);
+        let _ = self.ctl.write(1);
+    }
+
+    /// Wakes the worker to look at the ring again (e.g. after SET_VRING_ENABLE).
+    pub fn poke(&self) {
+        self.send(Command::Poke);
+    }
+
+    /// Drains the device's requests and blocks until the queue is quiet.
+    pub fn sleep(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Sleep(tx));
+        let _ = rx.recv();
+    }
+
+    /// Resumes after `sleep`.
+    pub fn wake(&self) {
+        self.send(Command::Wake);
+    }
+
+    /// Drains, stops the thread and returns the runtime (for its ring indexes).
+    pub fn stop(mut self) -> Option<QueueIo> {
+        self.send(Command::Stop);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.send(Command::Stop);
+            let _ = t.join();
+        }
+    }
+}
+
+const TOKEN_KICK: u64 = 0;
+const TOKEN_CTL: u64 = 1;
+const TOKEN_DEV: u64 = 2;
+
+fn process(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
+    io.refresh_memory();
+    if !io.shared.enabled.load(Ordering::Acquire) {
+        return;
+    }
+    loop {
+        io.disable_notification();
+        if handler.process(io) == Progress::Busy {
+            break;
+        }
+        if !io.enable_notification() {
+            break;
+        }
+    }
+}
+
+fn quiesce(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
+    handler.drain(io);
+    io.flush();
+    io.shared
+        .last_avail
+        .store(io.next_avail() as u32, Ordering::Release);
+    io.shared
+        .last_used
+        .store(io.next_used() as u32, Ordering::Release);
+}
+
+fn run(
+    mut io: QueueIo,
+    mut handler: Box<dyn QueueHandler>,
+    kick: EventFd,
+    epoll: Epoll,
+    ctl: Arc<EventFd>,
+    cmds: Arc<Mutex<VecDeque<Command>>>,
+) -> QueueIo {
+    let mut events = vec![EpollEvent::default(); 8];
+    let mut asleep = false;
+    if !io.resubmit.is_empty() || io.shared.enabled.load(Ordering::Acquire) {
+        process(&mut io, handler.as_mut());
+        io.flush();
+    }
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(queue = io.index, error = %e, "epoll failed; queue worker stops");
+                quiesce(&mut io, handler.as_mut());
+                return io;
+            }
+        };
+        let mut want_process = false;
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_KICK => {
+                    if asleep {
+                        // Leave the kick pending; it is read after wake.
+                        continue;
+                    }
+                    let _ = kick.read();
+                    io.shared.stats.kicks.fetch_add(1, Ordering::Relaxed);
+                    want_process = true;
+                }
+                TOKEN_CTL => {
+                    let _ = ctl.read();
+                    loop {
+                        let cmd = cmds.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        match cmd {
+                            None => break,
+                            Some(Command::Stop) => {
+                                quiesce(&mut io, handler.as_mut());
+                                return io;
+                            }
+                            Some(Command::Sleep(ack)) => {
+                                quiesce(&mut io, handler.as_mut());
+                                if !asleep {
+                                    asleep = true;
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        kick.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                }
+                                let _ = ack.send(());
+                            }
+                            Some(Command::Wake) => {
+                                if asleep {
+                                    asleep = false;
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Add,
+                                        kick.as_raw_fd(),
+                                        EpollEvent::new(EventSet::IN, TOKEN_KICK),
+                                    );
+                                    want_process = true;
+                                }
+                            }
+                            Some(Command::Poke) => want_process = !asleep,
+                        }
+                    }
+                }
+                t => {
+                    let i = (t - TOKEN_DEV) as usize;
+                    handler.handle_event(i, &mut io);
+                    if !io.drained() && !asleep {
+                        want_process = true;
+                    }
+                }
+            }
+        }
+        if want_process {
+            process(&mut io, handler.as_mut());
+        }
+        io.flush();
+    }
+}
