@@ -851,19 +851,30 @@ impl Handler {
                 expected: "12 + size".into(),
             }
         })?;
-        self.check_config_range(&h, rest.len())?;
+        // Reads may reach past the device's fields (a newer front-end's larger struct): those
+        // bytes read as zero, up to the largest config space the protocol carries.
+        self.check_config_range(&h, rest.len(), MAX_CONFIG_SIZE as usize)?;
         let mut out = h.as_bytes().to_vec();
         let start = out.len();
         out.resize(start + h.size as usize, 0);
-        self.device
-            .read_config(h.offset as usize, &mut out[start..]);
+        let size = self.device.config_size();
+        let off = h.offset as usize;
+        if off < size {
+            let n = (h.size as usize).min(size - off);
+            self.device.read_config(off, &mut out[start..start + n]);
+        }
         Ok(Some(Reply {
             body: out,
             fds: Vec::new(),
         }))
     }
 
-    fn check_config_range(&self, h: &ConfigHeader, data_len: usize) -> Result<(), HandlerError> {
+    fn check_config_range(
+        &self,
+        h: &ConfigHeader,
+        data_len: usize,
+        limit: usize,
+    ) -> Result<(), HandlerError> {
         if h.size as usize != data_len {
             return Err(HandlerError::PayloadSize {
                 request: Request::GetConfig,
@@ -875,7 +886,7 @@ impl Handler {
             .offset
             .checked_add(h.size)
             .ok_or_else(|| HandlerError::Invalid("config range".into()))?;
-        if h.size == 0 || h.size > MAX_CONFIG_SIZE || end as usize > self.device.config_size() {
+        if h.size == 0 || h.size > MAX_CONFIG_SIZE || end as usize > limit {
             return Err(HandlerError::Invalid(format!(
                 "config range {}+{}",
                 h.offset, h.size
@@ -907,7 +918,7 @@ impl Handler {
                 h.flags
             )));
         }
-        self.check_config_range(&h, rest.len())?;
+        self.check_config_range(&h, rest.len(), self.device.config_size())?;
         self.device.write_config(h.offset as usize, rest)?;
         Ok(None)
     }

@@ -151,7 +151,8 @@ pub struct QueueIo {
 
 impl QueueIo {
     /// Builds the runtime; recovers in-flight requests when `inflight` holds any.
-    pub(crate) fn new(
+    /// (Public so device tests can drive a queue without a connection.)
+    pub fn new(
         setup: &QueueSetup,
         mem_atomic: GuestMemAtomic,
         inflight: Option<InflightQueue>,
@@ -257,7 +258,8 @@ impl QueueIo {
         self.drained
     }
 
-    pub(crate) fn refresh_memory(&mut self) {
+    /// Loads the current guest memory snapshot.
+    pub fn refresh_memory(&mut self) {
         self.mem = self.mem_atomic.memory().into_inner();
     }
 

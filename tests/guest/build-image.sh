@@ -207,6 +207,13 @@ copy_with_libs() { # binary path on the host -> same path in the initramfs, plus
     done < <(ldd "$bin")
 }
 copy_with_libs /usr/bin/fio
+# util-linux's blkdiscard (-z: write zeroes) and blockdev replace busybox's applets. The applet
+# links point at /bin/busybox by absolute path: remove them first, never write through them.
+for b in {/bin,/sbin,/usr/bin,/usr/sbin}/{blkdiscard,blockdev}; do
+    rm -f "$ROOT$b"
+done
+copy_with_libs /usr/sbin/blkdiscard
+copy_with_libs /usr/sbin/blockdev
 
 cat >"$ROOT/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh

@@ -1,1 +1,8 @@
+//! Test support for the vhost-user device servers: a QEMU guest harness, a driver for the
+//! launcher binary, an independent front-end and a test device for conformance tests.
+
+pub mod e2e;
+pub mod frontend;
 pub mod guest;
+pub mod launcher;
+pub mod test_device;

@@ -1,0 +1,209 @@
+//! Helpers shared by the `cli_*` tests: run the built launcher, watch its stderr, signal it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long a launcher may take to log its readiness line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a launcher may take to exit after SIGTERM/SIGINT.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A launcher command with a predictable environment (no inherited RUST_LOG).
+pub fn launcher() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_launcher"));
+    c.env_remove("RUST_LOG").stdin(Stdio::null());
+    c
+}
+
+/// `launcher start block --socket SOCKET --file IMAGE EXTRA...`
+pub fn start_block(socket: &Path, image: &Path, extra: &[&str]) -> Command {
+    let mut c = launcher();
+    c.args(["start", "block", "--socket"])
+        .arg(socket)
+        .arg("--file")
+        .arg(image)
+        .args(extra);
+    c
+}
+
+/// Runs `cmd` to completion (it must fail fast) and returns its output.
+pub fn output(mut cmd: Command) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn launcher");
+    let mut running = Running::from_child(child);
+    let status = running.wait_exit(READY_TIMEOUT);
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: running.drain_stderr().into_bytes(),
+    }
+}
+
+/// Asserts that `out` failed with `code` and that stderr mentions every needle.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit code {code}, got {:?}; stderr:\n{stderr}",
+        out.status
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+    stderr
+}
+
+/// A sparse image of `size` bytes.
+pub fn sparse_image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).expect("create image");
+    f.set_len(size).expect("set_len");
+    path
+}
+
+/// A launcher that runs in the background, with its stderr read line by line.
+pub struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` with stderr piped.
+    pub fn spawn(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        Running::from_child(cmd.spawn().expect("spawn launcher"))
+    }
+
+    fn from_child(mut child: Child) -> Running {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Spawns `cmd` and waits for the readiness line naming `socket`.
+    pub fn start(cmd: Command, socket: &Path) -> Running {
+        let mut r = Running::spawn(cmd);
+        let needle = format!("listening on {}", socket.display());
+        if let Err(e) = r.wait_for(&needle, READY_TIMEOUT) {
+            panic!("launcher not ready: {e}");
+        }
+        r
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"))
+    }
+
+    /// Waits until a stderr line contains `needle`; returns it, or everything seen so far.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "no line with {needle:?} within {timeout:?}; stderr:\n{}",
+                        self.seen.join("\n")
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "stderr closed before a line with {needle:?} ({:?}); stderr:\n{}",
+                        self.child.try_wait(),
+                        self.seen.join("\n")
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit; kills it and panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "launcher did not exit within {timeout:?}; stderr:\n{}",
+                    self.drain_stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything written to stderr so far (after exit: all of it).
+    pub fn drain_stderr(&mut self) -> String {
+        // After exit the reader thread ends at EOF, closing the channel.
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        self.seen.join("\n")
+    }
+
+    /// Sends `sig` and expects a clean exit (status 0) within [`EXIT_TIMEOUT`].
+    pub fn stop_with(&mut self, sig: Signal) -> String {
+        self.signal(sig);
+        let status = self.wait_exit(EXIT_TIMEOUT);
+        let stderr = self.drain_stderr();
+        assert!(
+            status.success(),
+            "exit status {status:?} (signal {:?}) after {sig}; stderr:\n{stderr}",
+            status.signal()
+        );
+        stderr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

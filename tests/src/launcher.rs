@@ -1,0 +1,194 @@
+//! Starting the real `launcher` binary from tests and tools, and waiting for it to be ready.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::workspace_root;
+
+/// Environment variable naming the launcher binary to use.
+pub const LAUNCHER_ENV: &str = "VU_LAUNCHER";
+
+/// Finds the launcher binary: `$VU_LAUNCHER`, else next to the running test binary's target
+/// directory (`target/<profile>/launcher`), else `target/debug/launcher`.
+pub fn launcher_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(LAUNCHER_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/test-binary or target/<profile>/tool
+        for dir in exe.ancestors().skip(1).take(2) {
+            candidates.push(dir.join("launcher"));
+        }
+    }
+    candidates.push(workspace_root().join("target/debug/launcher"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("launcher binary not found: run `cargo build -p launcher` or set VU_LAUNCHER")
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A running launcher process.
+pub struct Launcher {
+    child: Child,
+    log: Arc<(Mutex<Log>, Condvar)>,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher")
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+/// How long a launcher may take to bind its socket.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Launcher {
+    /// Runs `launcher start block --socket SOCKET --file IMAGE EXTRA...` and waits until it
+    /// reports that it listens.
+    pub fn start_block(socket: &Path, image: &Path, extra: &[&str]) -> Result<Launcher> {
+        let mut args: Vec<String> = vec![
+            "start".into(),
+            "block".into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--file".into(),
+            image.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, socket)
+    }
+
+    /// Runs the launcher with `args` and waits for `listening on`.
+    pub fn spawn(args: &[String], socket: &Path) -> Result<Launcher> {
+        let bin = launcher_bin()?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[launcher] {line}");
+                let (m, cv) = &*l2;
+                m.lock().unwrap_or_else(|e| e.into_inner()).lines.push(line);
+                cv.notify_all();
+            }
+            let (m, cv) = &*l2;
+            m.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+            cv.notify_all();
+        });
+        let mut l = Launcher {
+            child,
+            log,
+            socket: socket.to_path_buf(),
+        };
+        if let Err(e) = l.wait_for_line("listening on", READY_TIMEOUT) {
+            let _ = l.child.kill();
+            let _ = l.child.wait();
+            bail!("launcher did not become ready: {e:#}\n{}", l.stderr());
+        }
+        Ok(l)
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| l.contains(needle)) {
+                return Ok(l.clone());
+            }
+            if g.closed {
+                bail!("launcher exited before printing {needle:?}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("timed out waiting for {needle:?}");
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Everything the launcher printed so far.
+    pub fn stderr(&self) -> String {
+        let (m, _) = &*self.log;
+        m.lock().unwrap_or_else(|e| e.into_inner()).lines.join("\n")
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The vhost-user socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `sig` to the launcher.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .context("kill")?;
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("launcher did not exit within {timeout:?}");
+            }
+            // Polling a child's exit status has no readiness fd; a short period is fine.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let st = self.wait(Duration::from_secs(60))?;
+        Ok(st)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
