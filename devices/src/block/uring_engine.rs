@@ -1,0 +1,343 @@
+//! The io_uring engine: one ring per queue, reads/writes/flushes submitted in batches with
+//! the head index as user data, completions reaped when the ring's eventfd fires. Requests
+//! the ring cannot take as they are (misaligned for O_DIRECT, too many iovecs), and the rare
+//! request types (GET_ID, DISCARD, WRITE_ZEROES), run synchronously inline.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use vmm_sys_util::eventfd::EventFd;
+use vu_core::{Chain, Progress, QueueHandler, QueueIo};
+
+use super::disk::{Counters, Disk, IOV_MAX};
+use super::iovec::IoVecs;
+use super::request::{
+    build_iovecs, classify, direct_ok, execute_sync, finish, Action, S_IOERR, S_OK,
+};
+
+/// Ring size cap, whatever the queue size.
+const MAX_ENTRIES: u32 = 4096;
+
+/// Creates a ring with the opcodes we use, or says why not.
+pub(crate) fn probe() -> io::Result<()> {
+    let ring = IoUring::new(2)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    for (code, name) in [
+        (opcode::Readv::CODE, "readv"),
+        (opcode::Writev::CODE, "writev"),
+        (opcode::Fsync::CODE, "fsync"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(io::Error::other(format!(
+                "the kernel lacks io_uring {name}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Op {
+    #[default]
+    Read,
+    Write,
+    Flush,
+}
+
+/// A request in the ring, indexed by head. Its iovec array must stay put until the CQE.
+#[derive(Debug, Default)]
+struct Slot {
+    busy: bool,
+    op: Op,
+    /// Data length of the request.
+    len: u32,
+    /// Where the not-yet-transferred part starts, and how much is left.
+    offset: u64,
+    left: u64,
+    dsync: bool,
+    iov: IoVecs,
+}
+
+/// One queue served through io_uring.
+pub(crate) struct UringHandler {
+    disk: Arc<Disk>,
+    ring: IoUring,
+    eventfd: EventFd,
+    slots: Vec<Slot>,
+    in_flight: usize,
+    max_in_flight: usize,
+    cqes: Vec<(u64, i32)>,
+    sync_iov: IoVecs,
+}
+
+impl std::fmt::Debug for UringHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringHandler")
+            .field("in_flight", &self.in_flight)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl UringHandler {
+    /// A ring sized for `queue_size` (at most 4096 entries) with its completion eventfd.
+    pub(crate) fn new(disk: Arc<Disk>, queue_size: u16) -> io::Result<Self> {
+        let entries = u32::from(queue_size)
+            .clamp(2, MAX_ENTRIES)
+            .next_power_of_two();
+        let ring = IoUring::new(entries)?;
+        let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let max_in_flight = ring.params().sq_entries() as usize;
+        let cq = ring.params().cq_entries() as usize;
+        Ok(UringHandler {
+            disk,
+            ring,
+            eventfd,
+            slots: (0..queue_size).map(|_| Slot::default()).collect(),
+            in_flight: 0,
+            max_in_flight,
+            cqes: Vec::with_capacity(cq),
+            sync_iov: IoVecs::default(),
+        })
+    }
+
+    /// Starts the request at `head`. Returns its used length if it finished here.
+    fn start(&mut self, head: u16, chain: &Chain) -> Option<u32> {
+        let action = classify(&self.disk, chain);
+        let (op, offset, len) = match action {
+            Action::Read { offset, len } => (Op::Read, offset, len),
+            Action::Write { offset, len } => (Op::Write, offset, len),
+            Action::Flush => (Op::Flush, 0, 0),
+            other => return Some(execute_sync(&self.disk, chain, other, &mut self.sync_iov)),
+        };
+        let disk = &self.disk;
+        let slot = &mut self.slots[head as usize];
+        if op != Op::Flush {
+            build_iovecs(chain, op == Op::Write, len, &mut slot.iov);
+            if len == 0 || slot.iov.remaining().len() > IOV_MAX || !direct_ok(disk, &slot.iov) {
+                return Some(execute_sync(disk, chain, action, &mut self.sync_iov));
+            }
+        }
+        let c = &disk.counters;
+        Counters::bump(match op {
+            Op::Read => &c.reads,
+            Op::Write => &c.writes,
+            Op::Flush => &c.flushes,
+        });
+        slot.busy = true;
+        slot.op = op;
+        slot.len = len;
+        slot.offset = offset;
+        slot.left = u64::from(len);
+        slot.dsync = op == Op::Write && disk.write_through();
+        if !self.push(head) {
+            self.slots[head as usize].busy = false;
+            return Some(finish(&self.disk, chain, S_IOERR, 0));
+        }
+        self.in_flight += 1;
+        None
+    }
+
+    /// Queues the SQE for the slot at `head`; false if the submission queue stays full.
+    fn push(&mut self, head: u16) -> bool {
+        let slot = &self.slots[head as usize];
+        let fd = types::Fd(self.disk.file.as_raw_fd());
+        let rest = slot.iov.remaining();
+        let entry = match slot.op {
+            Op::Read => opcode::Readv::new(fd, rest.as_ptr(), rest.len() as u32)
+                .offset(slot.offset)
+                .build(),
+            Op::Write => opcode::Writev::new(fd, rest.as_ptr(), rest.len() as u32)
+                .offset(slot.offset)
+                .rw_flags(if slot.dsync { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            // DRAIN: starts after every earlier SQE (writes included) has completed.
+            Op::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .flags(squeue::Flags::IO_DRAIN),
+        }
+        .user_data(u64::from(head));
+        for _ in 0..2 {
+            // SAFETY: the SQE points at the slot's iovec array, which is not touched again
+            // until this SQE's completion is reaped, and whose heap buffer does not move
+            // with the slot; the buffers it names are guest memory that the request's chain
+            // keeps mapped until the request is completed, which happens after the CQE.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return true;
+            }
+            self.submit();
+        }
+        false
+    }
+
+    fn submit(&mut self) {
+        if self.ring.submission().is_empty() {
+            return;
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // Busy completion side: what is queued goes in after the next reap.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => return,
+                Err(e) => {
+                    vu_core::warn_ratelimited!(error = %e, "io_uring submit failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles every completion posted so far.
+    fn reap(&mut self, q: &mut QueueIo) {
+        loop {
+            self.cqes.clear();
+            let cap = self.cqes.capacity();
+            for cqe in self.ring.completion().take(cap) {
+                self.cqes.push((cqe.user_data(), cqe.result()));
+            }
+            if self.cqes.is_empty() {
+                return;
+            }
+            for i in 0..self.cqes.len() {
+                let (user_data, res) = self.cqes[i];
+                self.on_cqe(q, user_data, res);
+            }
+        }
+    }
+
+    fn on_cqe(&mut self, q: &mut QueueIo, user_data: u64, res: i32) {
+        let Some(head) = u16::try_from(user_data)
+            .ok()
+            .filter(|&h| self.slots.get(h as usize).is_some_and(|s| s.busy))
+        else {
+            tracing::error!(user_data, "io_uring completion for no request");
+            return;
+        };
+        let slot = &mut self.slots[head as usize];
+        let status = match slot.op {
+            Op::Flush if res < 0 => S_IOERR,
+            Op::Flush => S_OK,
+            _ if res == -libc::EINTR || res == -libc::EAGAIN => return self.resubmit(q, head),
+            _ if res < 0 => S_IOERR,
+            _ => {
+                let n = res as u64;
+                if n >= slot.left {
+                    S_OK
+                } else if n == 0 {
+                    S_IOERR
+                } else {
+                    // Short transfer: go on with the rest.
+                    slot.iov.consume(n as usize);
+                    slot.offset += n;
+                    slot.left -= n;
+                    return self.resubmit(q, head);
+                }
+            }
+        };
+        if res < 0 {
+            let e = io::Error::from_raw_os_error(-res);
+            vu_core::warn_ratelimited!(op = ?slot.op, offset = slot.offset, error = %e, "block I/O failed");
+        }
+        self.complete(q, head, status);
+    }
+
+    fn resubmit(&mut self, q: &mut QueueIo, head: u16) {
+        if !self.push(head) {
+            self.complete(q, head, S_IOERR);
+        }
+    }
+
+    fn complete(&mut self, q: &mut QueueIo, head: u16, status: u8) {
+        let slot = &mut self.slots[head as usize];
+        slot.busy = false;
+        self.in_flight -= 1;
+        let ok = status == S_OK;
+        if ok && slot.op == Op::Write && slot.dsync {
+            Counters::bump(&self.disk.counters.durable_writes);
+        }
+        let data = if ok && slot.op == Op::Read {
+            slot.len
+        } else {
+            0
+        };
+        let used = finish(&self.disk, q.chain(head), status, data);
+        q.complete(head, used);
+    }
+
+    /// Waits for one completion (or gives the kernel a moment after an error).
+    fn wait_one(&mut self) {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => {
+                vu_core::warn_ratelimited!(error = %e, "io_uring wait failed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+impl QueueHandler for UringHandler {
+    fn event_fds(&self) -> Vec<RawFd> {
+        vec![self.eventfd.as_raw_fd()]
+    }
+
+    fn process(&mut self, q: &mut QueueIo) -> Progress {
+        self.reap(q);
+        let size = q.size() as usize;
+        if self.slots.len() < size {
+            self.slots.resize_with(size, Slot::default);
+        }
+        let mut progress = Progress::Drained;
+        loop {
+            if self.in_flight >= self.max_in_flight {
+                progress = Progress::Busy;
+                break;
+            }
+            let Some(head) = q.pop() else {
+                break;
+            };
+            if let Some(used) = self.start(head, q.chain(head)) {
+                q.complete(head, used);
+            }
+        }
+        self.submit();
+        progress
+    }
+
+    fn handle_event(&mut self, _index: usize, q: &mut QueueIo) {
+        let _ = self.eventfd.read();
+        self.reap(q);
+        self.submit();
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn drain(&mut self, q: &mut QueueIo) {
+        self.submit();
+        while self.in_flight > 0 {
+            self.wait_one();
+            self.reap(q);
+        }
+    }
+}
+
+impl Drop for UringHandler {
+    fn drop(&mut self) {
+        // Normally drained already. If not, the kernel may still be using guest memory and
+        // our iovecs: wait for it, discarding the results.
+        while self.in_flight > 0 {
+            self.wait_one();
+            let n = self.ring.completion().count();
+            self.in_flight = self.in_flight.saturating_sub(n);
+        }
+    }
+}
