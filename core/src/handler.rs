@@ -360,6 +360,7 @@ impl Handler {
             }
             ResetOwner => {
                 // Deprecated; the spec recommends treating it as "disable all rings".
+                no_payload(&msg, request)?;
                 fds(&mut msg, request, 0)?;
                 self.stop_all();
                 Ok(None)
@@ -416,12 +417,19 @@ impl Handler {
                     )));
                 }
                 self.stopped(i)?;
+                let size = s.num as u16;
+                // Addresses may come before the size (libvhost-user accepts either order):
+                // re-check them against the new size.
+                let gpa = match self.vrings[i].addr {
+                    Some(a) => self.translate(&a, size).ok(),
+                    None => None,
+                };
                 let v = &mut self.vrings[i];
-                if v.size != s.num as u16 {
+                if gpa.is_none() {
                     v.addr = None;
-                    v.gpa = None;
                 }
-                v.size = s.num as u16;
+                v.gpa = gpa;
+                v.size = size;
                 Ok(None)
             }
             SetVringAddr => self.set_vring_addr(msg),
@@ -853,7 +861,7 @@ impl Handler {
         })?;
         // Reads may reach past the device's fields (a newer front-end's larger struct): those
         // bytes read as zero, up to the largest config space the protocol carries.
-        self.check_config_range(&h, rest.len(), MAX_CONFIG_SIZE as usize)?;
+        self.check_config_range(request, &h, rest.len(), MAX_CONFIG_SIZE as usize)?;
         let mut out = h.as_bytes().to_vec();
         let start = out.len();
         out.resize(start + h.size as usize, 0);
@@ -871,13 +879,14 @@ impl Handler {
 
     fn check_config_range(
         &self,
+        request: Request,
         h: &ConfigHeader,
         data_len: usize,
         limit: usize,
     ) -> Result<(), HandlerError> {
         if h.size as usize != data_len {
             return Err(HandlerError::PayloadSize {
-                request: Request::GetConfig,
+                request,
                 got: data_len,
                 expected: h.size.to_string(),
             });
@@ -918,7 +927,7 @@ impl Handler {
                 h.flags
             )));
         }
-        self.check_config_range(&h, rest.len(), self.device.config_size())?;
+        self.check_config_range(request, &h, rest.len(), self.device.config_size())?;
         self.device.write_config(h.offset as usize, rest)?;
         Ok(None)
     }

@@ -113,6 +113,7 @@ impl MemoryMap {
         if (st.st_mode & libc::S_IFMT) == libc::S_IFREG && (st.st_size as u64) < end {
             return Err(MemoryError::FileTooSmall);
         }
+        seal_against_shrinking(&fd, desc);
         let size = desc.memory_size as usize; // checked by is_valid
         let file = std::fs::File::from(fd);
         let map = MmapRegionBuilder::new_with_bitmap(
@@ -228,6 +229,24 @@ impl MemoryMap {
     }
 }
 
+/// A front-end that truncates a region's file after we mapped it would make our next access
+/// fault (SIGBUS). Seal the file against shrinking where the file allows it (QEMU's memfd
+/// backend seals by default); otherwise say that this region is not protected.
+fn seal_against_shrinking(fd: &OwnedFd, desc: &MemoryRegion) {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let _ = fcntl(fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK));
+    let sealed = fcntl(fd, FcntlArg::F_GET_SEALS)
+        .map(|seals| seals & libc::F_SEAL_SHRINK != 0)
+        .unwrap_or(false);
+    if !sealed {
+        tracing::warn!(
+            gpa = desc.guest_phys_addr,
+            size = desc.memory_size,
+            "memory region cannot be sealed against shrinking; the front-end could crash this device"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +303,20 @@ mod tests {
             m.remove_region(&region(0x100000, 0x1000, 0x8000_0000)),
             Err(MemoryError::NoSuchRegion(_))
         ));
+    }
+
+    #[test]
+    fn regions_get_sealed_against_shrinking() {
+        let fd = nix::sys::memfd::memfd_create(
+            "sealable",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .expect("memfd");
+        nix::unistd::ftruncate(&fd, 0x1000).expect("truncate");
+        let dup = fd.try_clone().expect("dup");
+        let mut m = MemoryMap::new(DirtyLog::new());
+        m.set_table(vec![(region(0, 0x1000, 0x1000), dup)]).expect("table");
+        assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "shrinking must be refused");
     }
 
     #[test]

@@ -436,7 +436,26 @@ impl QueueIo {
     /// Re-enables driver notifications; returns true if more buffers arrived meanwhile.
     fn enable_notification(&mut self) -> bool {
         let mem = self.mem.clone();
-        self.queue.enable_notification(&*mem).unwrap_or(false)
+        if !self.queue.enable_notification(&*mem).unwrap_or(false) {
+            return false;
+        }
+        // "More buffers" only counts if the driver's index is sane: an index more than a ring
+        // ahead makes `pop` find nothing, and looping on it would wedge the worker.
+        match self.queue.avail_idx(&*mem, Ordering::Acquire) {
+            Ok(idx) if idx.0.wrapping_sub(self.queue.next_avail()) <= self.size => true,
+            _ => {
+                warn_ratelimited!(
+                    queue = self.index,
+                    "driver published an invalid available index"
+                );
+                self.chain_errors = true;
+                self.shared
+                    .stats
+                    .chain_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 }
 
