@@ -6,12 +6,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::connection::{Connection, ConnectionError, Message};
+use crate::control::ControlTarget;
 use crate::device::VhostUserDevice;
 use crate::handler::{has_explicit_reply, Handler};
 use crate::message::{Header, Request};
@@ -74,6 +76,7 @@ pub enum ConnectionEnd {
 #[derive(Debug)]
 pub struct BackendServer {
     handler: Arc<Mutex<Handler>>,
+    connected: Arc<AtomicBool>,
     listener: UnixListener,
     shutdown: Arc<EventFd>,
 }
@@ -86,6 +89,7 @@ impl BackendServer {
     ) -> Result<Self, ServeError> {
         Ok(BackendServer {
             handler: Arc::new(Mutex::new(Handler::new(device))),
+            connected: Arc::new(AtomicBool::new(false)),
             listener,
             shutdown: Arc::new(
                 EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -97,6 +101,14 @@ impl BackendServer {
     /// The shared handler (for the control plane: sleep, wake, snapshot, status).
     pub fn handler(&self) -> Arc<Mutex<Handler>> {
         self.handler.clone()
+    }
+
+    /// What the control channel serves: the handler and the connection state.
+    pub fn control_target(&self) -> ControlTarget {
+        ControlTarget {
+            handler: self.handler.clone(),
+            connected: self.connected.clone(),
+        }
     }
 
     /// Writing to this eventfd (`write(1)`) makes `serve` return.
@@ -157,7 +169,9 @@ impl BackendServer {
     /// Serves an already connected front-end.
     pub fn serve_stream(&self, stream: UnixStream) -> ConnectionEnd {
         let mut conn = Connection::new(stream);
+        self.connected.store(true, Ordering::Release);
         let end = self.serve_connection(&mut conn);
+        self.connected.store(false, Ordering::Release);
         self.handler
             .lock()
             .unwrap_or_else(|e| e.into_inner())

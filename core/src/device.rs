@@ -132,6 +132,16 @@ pub trait VhostUserDevice: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Changes the device's size (block: capacity in bytes) and tells the driver.
+    fn resize(&self, _new_size: u64) -> Result<(), DeviceError> {
+        Err(DeviceError::Unsupported("this device cannot be resized"))
+    }
+
+    /// Device-specific facts and counters for status reports, as (name, value) pairs.
+    fn status_fields(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Gives the device a way to raise a config-change notification to the front-end.
     fn set_config_notifier(&self, _notifier: Arc<ConfigNotifier>) {}
 }

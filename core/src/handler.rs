@@ -210,6 +210,10 @@ pub struct QueueStatus {
     pub enabled: bool,
     /// Requests completed.
     pub completed: u64,
+    /// Bytes read from driver buffers.
+    pub bytes_from_driver: u64,
+    /// Bytes written into driver buffers.
+    pub bytes_to_driver: u64,
     /// Malformed chains.
     pub chain_errors: u64,
     /// Kicks received.
@@ -1055,6 +1059,8 @@ impl Handler {
                     started: v.worker.is_some(),
                     enabled: v.shared.enabled.load(Ordering::Relaxed),
                     completed: v.shared.stats.completed.load(Ordering::Relaxed),
+                    bytes_from_driver: v.shared.stats.bytes_from_driver.load(Ordering::Relaxed),
+                    bytes_to_driver: v.shared.stats.bytes_to_driver.load(Ordering::Relaxed),
                     chain_errors: v.shared.stats.chain_errors.load(Ordering::Relaxed),
                     kicks: v.shared.stats.kicks.load(Ordering::Relaxed),
                     notifications: v.shared.stats.notifications.load(Ordering::Relaxed),

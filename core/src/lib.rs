@@ -9,6 +9,7 @@ pub mod backend_client;
 pub mod backend_server;
 pub mod chain;
 pub mod connection;
+pub mod control;
 pub mod device;
 pub mod dirty_log;
 pub mod handler;

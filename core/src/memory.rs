@@ -315,8 +315,12 @@ mod tests {
         nix::unistd::ftruncate(&fd, 0x1000).expect("truncate");
         let dup = fd.try_clone().expect("dup");
         let mut m = MemoryMap::new(DirtyLog::new());
-        m.set_table(vec![(region(0, 0x1000, 0x1000), dup)]).expect("table");
-        assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "shrinking must be refused");
+        m.set_table(vec![(region(0, 0x1000, 0x1000), dup)])
+            .expect("table");
+        assert!(
+            nix::unistd::ftruncate(&fd, 0).is_err(),
+            "shrinking must be refused"
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub struct QueueStats {
     /// Requests completed.
     pub completed: AtomicU64,
+    /// Bytes the driver offered to the device (readable buffers of completed requests).
+    pub bytes_from_driver: AtomicU64,
+    /// Bytes the device wrote back (used lengths).
+    pub bytes_to_driver: AtomicU64,
     /// Malformed chains completed with an error.
     pub chain_errors: AtomicU64,
     /// Notifications sent to the driver.
@@ -354,6 +358,13 @@ impl QueueIo {
             }
         }
         let len = len.min(self.slots[h].writable_len());
+        let stats = &self.shared.stats;
+        stats
+            .bytes_from_driver
+            .fetch_add(self.slots[h].readable_len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_to_driver
+            .fetch_add(len as u64, Ordering::Relaxed);
         self.slots[h].release();
         self.busy[h] = false;
         self.in_device -= 1;

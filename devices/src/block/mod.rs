@@ -419,6 +419,42 @@ impl VhostUserDevice for BlockDevice {
         Ok(())
     }
 
+    fn resize(&self, new_size: u64) -> Result<(), DeviceError> {
+        BlockDevice::resize(self, new_size).map_err(|e| DeviceError::InvalidArgument(e.to_string()))
+    }
+
+    fn status_fields(&self) -> Vec<(String, String)> {
+        let st = self.stats();
+        let mut f = vec![
+            (
+                "capacity_bytes".to_string(),
+                (self.disk.capacity() * 512).to_string(),
+            ),
+            (
+                "cache".to_string(),
+                if self.disk.writeback() {
+                    "writeback"
+                } else {
+                    "writethrough"
+                }
+                .to_string(),
+            ),
+        ];
+        for (k, v) in [
+            ("reads", st.reads),
+            ("writes", st.writes),
+            ("durable_writes", st.durable_writes),
+            ("flushes", st.flushes),
+            ("discards", st.discards),
+            ("write_zeroes", st.write_zeroes),
+            ("io_errors", st.io_errors),
+            ("unsupported", st.unsupported),
+        ] {
+            f.push((k.to_string(), v.to_string()));
+        }
+        f
+    }
+
     fn set_config_notifier(&self, notifier: Arc<ConfigNotifier>) {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
