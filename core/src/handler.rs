@@ -577,7 +577,9 @@ impl Handler {
                     expected: 1,
                 })?;
                 self.log.set_area(fd, d.mmap_size, d.mmap_offset)?;
-                Ok(Reply::u64(0))
+                // The spec gives this reply no layout; QEMU accepts any, rust-vmm front-ends
+                // wait for the log description back. Echo it.
+                Ok(Reply::bytes(d.as_bytes()))
             }
             SetLogFd => {
                 no_payload(&msg, request)?;

@@ -148,6 +148,7 @@ pub struct QueueIo {
     signalled_used: Wrapping<u16>,
     pending_used: u16,
     drained: bool,
+    broken: bool,
     chain_errors: bool,
     log: Arc<DirtyLog>,
     shared: Arc<VringShared>,
@@ -221,6 +222,7 @@ impl QueueIo {
             signalled_used: Wrapping(guest_used),
             pending_used: 0,
             drained: false,
+            broken: false,
             chain_errors: false,
             log,
             shared,
@@ -274,9 +276,8 @@ impl QueueIo {
             let head = if let Some(h) = self.resubmit.pop_front() {
                 h
             } else {
-                let mem = self.mem.clone();
-                match self.queue.pop_descriptor_chain(&*mem) {
-                    Some(c) => c.head_index(),
+                match self.next_avail_head() {
+                    Some(h) => h,
                     None => {
                         self.drained = true;
                         return None;
@@ -334,6 +335,59 @@ impl QueueIo {
                 }
             }
         }
+    }
+
+    /// Reads the next head index the driver made available, if any. Any guest address is a
+    /// valid ring address (0 included). An available index more than a ring ahead of ours is
+    /// a broken driver: the queue stops taking requests until it is restarted.
+    fn next_avail_head(&mut self) -> Option<u16> {
+        if self.broken {
+            return None;
+        }
+        let next = self.queue.next_avail();
+        let idx: u16 = match self
+            .mem
+            .load(GuestAddress(self.avail_ring + 2), Ordering::Acquire)
+        {
+            Ok(v) => u16::from_le(v),
+            Err(_) => return self.mark_broken("available ring is not readable"),
+        };
+        let pending = idx.wrapping_sub(next);
+        if pending == 0 {
+            return None;
+        }
+        if pending > self.size {
+            return self.mark_broken("driver published an invalid available index");
+        }
+        let slot = GuestAddress(self.avail_ring + 4 + 2 * (next % self.size) as u64);
+        match self.mem.load::<u16>(slot, Ordering::Acquire) {
+            Ok(h) => {
+                self.queue.set_next_avail(next.wrapping_add(1));
+                Some(u16::from_le(h))
+            }
+            Err(_) => self.mark_broken("available ring is not readable"),
+        }
+    }
+
+    fn mark_broken(&mut self, why: &'static str) -> Option<u16> {
+        if !self.broken {
+            tracing::warn!(
+                queue = self.index,
+                "{why}; the queue stops until it is restarted"
+            );
+            self.broken = true;
+            self.chain_errors = true;
+            self.shared
+                .stats
+                .chain_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Whether the driver broke the queue (it is restarted by the next SET_VRING_KICK).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// The chain of a request the device holds.
@@ -446,6 +500,9 @@ impl QueueIo {
 
     /// Re-enables driver notifications; returns true if more buffers arrived meanwhile.
     fn enable_notification(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
         let mem = self.mem.clone();
         if !self.queue.enable_notification(&*mem).unwrap_or(false) {
             return false;

@@ -59,7 +59,7 @@ fn exactly_one_reply_for_requests_with_an_explicit_body() {
     h.fe.sync();
     let log = memfd(4096);
     h.fe.send_need_reply(req::SET_LOG_BASE, &log_description(4096, 0), &[log.as_fd()]);
-    h.fe.recv().assert_reply(req::SET_LOG_BASE, 8);
+    h.fe.recv().assert_reply(req::SET_LOG_BASE, 16);
     h.fe.sync();
     h.fe.send_need_reply(req::GET_INFLIGHT_FD, &inflight_description(0, 0, 1, 8), &[]);
     let m = h.fe.recv();

@@ -21,9 +21,10 @@ fn set_log_base_reply_is_exact() {
         req::SET_LOG_BASE,
         &log_description(LOG_SIZE, 0),
         &[log.as_fd()],
-        8,
+        16,
     );
-    assert_eq!(read_u64(&m.payload), 0);
+    // The reply echoes the log description (what rust-vmm front-ends wait for).
+    assert_eq!(m.payload, log_description(LOG_SIZE, 0));
     assert!(m.fds.is_empty());
     h.fe.sync();
     assert_eq!(h.close(), ConnectionEnd::PeerClosed);
@@ -91,9 +92,10 @@ fn log_all_marks_the_used_ring_and_written_buffer_pages() {
         req::SET_LOG_BASE,
         &log_description(LOG_SIZE, 0),
         &[log.as_fd()],
-        8,
+        16,
     );
-    assert_eq!(read_u64(&m.payload), 0);
+    // The reply echoes the log description (what rust-vmm front-ends wait for).
+    assert_eq!(m.payload, log_description(LOG_SIZE, 0));
 
     // Without LOG_ALL nothing is logged.
     ring.offer_request(0);
@@ -133,9 +135,10 @@ fn vring_log_flag_marks_the_used_ring_at_the_log_address() {
         req::SET_LOG_BASE,
         &log_description(LOG_SIZE, 0),
         &[log.as_fd()],
-        8,
+        16,
     );
-    assert_eq!(read_u64(&m.payload), 0);
+    // The reply echoes the log description (what rust-vmm front-ends wait for).
+    assert_eq!(m.payload, log_description(LOG_SIZE, 0));
     h.fe.ok(
         req::SET_FEATURES,
         &u64_payload(feat::VERSION_1 | feat::PROTOCOL_FEATURES | feat::LOG_ALL),

@@ -313,6 +313,21 @@ impl DriverQueue {
         let avail = guest.alloc(region, 6 + 2 * n, 2)?;
         let used = guest.alloc(region, 6 + 8 * n, 4)?;
         let slots = guest.alloc(region, SLOT_SIZE * n, 64)?;
+        Self::new_at(guest, index, size, desc, avail, used, slots)
+    }
+
+    /// A queue with its rings and data slots (`SLOT_SIZE` bytes per descriptor) at the given
+    /// guest physical addresses.
+    pub fn new_at(
+        guest: &Arc<TestGuest>,
+        index: usize,
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        slots: u64,
+    ) -> Result<Self> {
+        ensure!(size.is_power_of_two(), "queue size {size}");
         guest.write(desc, &vec![0u8; 16 * size as usize])?;
         guest.write(avail, &vec![0u8; 6 + 2 * size as usize])?;
         guest.write(used, &vec![0u8; 6 + 8 * size as usize])?;
