@@ -13,6 +13,11 @@ use vm_memory::{
 use crate::memory::GuestMem;
 
 const DESC_SIZE: u64 = 16;
+
+/// Longest indirect table accepted, unless the queue itself is larger. Drivers do build
+/// indirect tables longer than a small queue (Linux sizes them by the device's `seg_max`, not
+/// the ring), so the ring size alone would refuse legitimate I/O; QEMU caps tables at 1024.
+pub const MAX_INDIRECT_DESCRIPTORS: u16 = 1024;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
@@ -230,7 +235,8 @@ impl Chain {
                 }
                 let len = d.len();
                 let n = len as u64 / DESC_SIZE;
-                if len == 0 || !(len as u64).is_multiple_of(DESC_SIZE) || n > queue_size as u64 {
+                let max = queue_size.max(MAX_INDIRECT_DESCRIPTORS) as u64;
+                if len == 0 || !(len as u64).is_multiple_of(DESC_SIZE) || n > max {
                     return Err(ChainError::BadIndirectLen(len));
                 }
                 if !mem.check_range(d.addr(), len as usize) {
@@ -399,11 +405,20 @@ mod tests {
             c.walk(&m, GuestAddress(0), 8, 0, true),
             Err(ChainError::BadIndirectLen(24))
         );
-        put(&m, 0, 0, 0x2000, 16 * 9, F_INDIRECT, 0);
+        put(&m, 0, 0, 0x2000, 16 * 1025, F_INDIRECT, 0);
         assert_eq!(
             c.walk(&m, GuestAddress(0), 8, 0, true),
-            Err(ChainError::BadIndirectLen(144))
+            Err(ChainError::BadIndirectLen(16400))
         );
+        // Longer than the ring but within the indirect limit: fine (Linux does this).
+        for i in 0..16u16 {
+            let flags = if i < 15 { F_NEXT } else { F_WRITE };
+            put(&m, 0x4000, i, 0x1000, 8, flags, i + 1);
+        }
+        put(&m, 0, 0, 0x4000, 16 * 16, F_INDIRECT, 0);
+        c.walk(&m, GuestAddress(0), 8, 0, true)
+            .expect("16-entry table on an 8-entry ring");
+        assert_eq!(c.segments().len(), 16);
         // Length overflow.
         put(&m, 0, 0, 0x1000, u32::MAX, F_NEXT, 1);
         put(&m, 0, 1, 0x1000, 16, 0, 0);

@@ -1,15 +1,16 @@
-//! `launcher start block`: open the image and build the block device, all in the launcher
-//! process, before anything is served (a jailed child will later receive these, never paths).
+//! The block device: the launcher opens (and locks) the image and checks that it can be
+//! served; the device process builds the device from the fd it receives, never from a path.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use vu_devices::block::{BlockConfig, BlockDevice, BlockError, Engine};
 
-use crate::cli::{BlockArgs, EngineArg};
+use crate::cli::{BlockArgs, BlockDeviceArgs, EngineArg};
 use crate::serve::Prepared;
 
 /// What to serve, independent of how it was asked for (command line now, control socket later).
@@ -37,8 +38,15 @@ pub struct BlockOptions {
 
 impl From<&BlockArgs> for BlockOptions {
     fn from(a: &BlockArgs) -> Self {
+        BlockOptions::new(a.file.clone(), &a.device)
+    }
+}
+
+impl BlockOptions {
+    /// The options for image `file`.
+    pub fn new(file: PathBuf, a: &BlockDeviceArgs) -> Self {
         BlockOptions {
-            file: a.file.clone(),
+            file,
             read_only: a.read_only,
             direct: a.direct,
             num_queues: a.num_queues,
@@ -168,25 +176,15 @@ fn classify_open_error(opts: &BlockOptions, e: io::Error) -> BlockSetupError {
     }
 }
 
-/// The device entry point for a block device: opens the image and builds the device. The
-/// socket is bound by the caller.
-pub fn prepare(opts: &BlockOptions) -> Result<Prepared, BlockSetupError> {
-    let file = open_image(opts)?;
-    let cfg = BlockConfig {
-        file,
-        read_only: opts.read_only,
-        direct: opts.direct,
-        num_queues: opts.num_queues,
-        queue_size: opts.queue_size,
-        serial: opts.serial.clone(),
-        logical_block_size: opts.logical_block_size,
-        engine: opts.engine,
-        writeback: opts.writeback,
-    };
-    let device = BlockDevice::new(cfg).map_err(|source| BlockSetupError::Device {
+/// In the launcher: checks that `file` (from [`open_image`]) can be served as `opts` asks,
+/// by building the device on a duplicate of it, so that a bad image is reported before any
+/// device process starts. Logs what will be served.
+pub fn check(opts: &BlockOptions, file: &File) -> Result<(), BlockSetupError> {
+    let dup = file.try_clone().map_err(|source| BlockSetupError::Open {
         path: opts.file.clone(),
         source,
     })?;
+    let device = new_device(opts, dup)?;
     tracing::info!(
         image = %opts.file.display(),
         sectors = device.capacity_sectors(),
@@ -199,10 +197,35 @@ pub fn prepare(opts: &BlockOptions) -> Result<Prepared, BlockSetupError> {
         writeback = opts.writeback,
         "image opened"
     );
+    Ok(())
+}
+
+/// In the device process: builds the device on the image fd received from the launcher.
+pub fn build(opts: &BlockOptions, file: File) -> Result<Prepared, BlockSetupError> {
+    let device = new_device(opts, file)?;
+    tracing::debug!(sectors = device.capacity_sectors(), "block device built");
     let flusher = device.clone();
     Ok(Prepared {
         device,
         flush: Box::new(move || flusher.flush()),
+    })
+}
+
+fn new_device(opts: &BlockOptions, file: File) -> Result<Arc<BlockDevice>, BlockSetupError> {
+    let cfg = BlockConfig {
+        file,
+        read_only: opts.read_only,
+        direct: opts.direct,
+        num_queues: opts.num_queues,
+        queue_size: opts.queue_size,
+        serial: opts.serial.clone(),
+        logical_block_size: opts.logical_block_size,
+        engine: opts.engine,
+        writeback: opts.writeback,
+    };
+    BlockDevice::new(cfg).map_err(|source| BlockSetupError::Device {
+        path: opts.file.clone(),
+        source,
     })
 }
 

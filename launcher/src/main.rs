@@ -1,27 +1,32 @@
-//! `launcher`: starts (and later jails and supervises) vhost-user device servers.
+//! `launcher`: starts, jails and supervises vhost-user device servers.
 //!
-//! Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on a usage error.
-
-mod block;
-mod cli;
-mod serve;
-mod socket;
+//! `launcher start <device>` runs in the foreground as the device's supervisor; the device
+//! itself runs in a separate, jailed process: the same binary, exec'd as the hidden
+//! `launcher __device <device> ...`.
+//!
+//! Exit status: 0 after a clean shutdown, 1 on a runtime error (including the death of the
+//! device), 2 on a usage error.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, StartCommand};
+use launcher::cli::{Cli, Command, DeviceCommand, StartCommand};
+use launcher::{device, start};
 
 fn main() -> ExitCode {
     // Usage errors print their own message and exit with status 2.
     let cli = Cli::parse();
     init_logging(&cli.log_level);
-    match run(cli.command) {
+    let who = match cli.command {
+        Command::Start(_) => "launcher",
+        Command::Device(_) => "launcher (device process)",
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("launcher: error: {e:#}");
+            eprintln!("{who}: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -39,15 +44,10 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Start(StartCommand::Block(args)) => {
-            // Before any thread exists (the device may start some), so all inherit the mask.
-            let signals = serve::block_signals()?;
-            let opts = block::BlockOptions::from(&args);
-            let prepared = block::prepare(&opts)?;
-            serve::run(prepared, &args.socket, signals)?;
-            Ok(())
-        }
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Start(StartCommand::Block(args)) => start::start_block(&args, &cli.log_level)?,
+        Command::Device(DeviceCommand::Block(args)) => device::run_block(&args)?,
     }
+    Ok(())
 }

@@ -1,12 +1,13 @@
-//! Serving a prepared device in the foreground: bind the socket, announce readiness, serve until
-//! SIGINT/SIGTERM, then drain, flush and clean up.
+//! Serving a device in the device process: the listening socket was bound by the launcher;
+//! serve until SIGTERM (forwarded by the launcher) or SIGINT, then drain and flush.
 //!
-//! Signals are handled without handlers: [`block_signals`] blocks SIGINT and SIGTERM in the
-//! calling thread before any other thread exists (every thread inherits the mask), and one
-//! dedicated thread takes them with `sigwait`.
+//! Signals are handled without handlers: [`block_signals`] blocks SIGINT and SIGTERM before
+//! any thread exists (the launcher already blocked them across exec), and one thread takes
+//! them with `sigwait`. That thread starts after the jail, seccomp included: the jail is
+//! entered single-threaded.
 
 use std::io;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -14,9 +15,9 @@ use vu_core::backend_server::ServeError as CoreServeError;
 use vu_core::handler::HandlerError;
 use vu_core::{BackendServer, VhostUserDevice};
 
-use crate::socket::{self, SocketError, SocketFile};
+use crate::control::{self, DeviceMessage};
 
-/// A device ready to be served: everything opened, nothing bound yet.
+/// A device ready to be served.
 pub struct Prepared {
     /// The device.
     pub device: Arc<dyn VhostUserDevice>,
@@ -41,9 +42,9 @@ pub enum ServeError {
     /// The signal thread could not be started.
     #[error("cannot start the signal thread")]
     SignalThread(#[source] io::Error),
-    /// The socket could not be bound.
-    #[error(transparent)]
-    Socket(#[from] SocketError),
+    /// The launcher could not be told.
+    #[error("cannot tell the launcher the device is ready")]
+    Control(#[source] io::Error),
     /// The vhost-user server failed.
     #[error("serving failed")]
     Server(#[source] CoreServeError),
@@ -56,7 +57,6 @@ pub enum ServeError {
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread and in every thread it spawns afterwards.
-/// Call before spawning any thread; [`run`] then takes them with `sigwait`.
 pub fn block_signals() -> Result<SigSet, ServeError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
@@ -65,23 +65,24 @@ pub fn block_signals() -> Result<SigSet, ServeError> {
     Ok(set)
 }
 
-/// Serves `prepared` on a new socket at `socket_path` until SIGINT or SIGTERM (in `signals`,
-/// already blocked by [`block_signals`]). On the first signal: stop serving, drain the queues,
-/// flush the device, remove the socket and return. On a second signal: remove the socket and
-/// exit with status 1 at once.
-pub fn run(prepared: Prepared, socket_path: &Path, signals: SigSet) -> Result<(), ServeError> {
-    let (listener, socket) = socket::bind(socket_path)?;
-    let socket = Arc::new(socket);
+/// Serves `prepared` on `listener` until SIGTERM or SIGINT (in `signals`, already blocked),
+/// telling the launcher on `control` once serving starts. On the first signal: stop serving,
+/// drain the queues, flush and return. On a second: exit with status 1 at once.
+pub fn run(
+    prepared: Prepared,
+    listener: UnixListener,
+    control: &UnixStream,
+    signals: SigSet,
+) -> Result<(), ServeError> {
     let server = BackendServer::new(prepared.device, listener).map_err(ServeError::Server)?;
 
     let shutdown = server.shutdown_handle();
-    let sock = socket.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || signal_thread(signals, &shutdown, &sock))
+        .spawn(move || signal_thread(signals, &shutdown))
         .map_err(ServeError::SignalThread)?;
 
-    tracing::info!("listening on {}", socket.path().display());
+    control::send(control, DeviceMessage::Ready).map_err(ServeError::Control)?;
     let served = server.serve();
 
     let slept = server
@@ -90,7 +91,6 @@ pub fn run(prepared: Prepared, socket_path: &Path, signals: SigSet) -> Result<()
         .unwrap_or_else(|e| e.into_inner())
         .sleep();
     let flushed = (prepared.flush)();
-    socket.remove();
     served.map_err(ServeError::Server)?;
     slept.map_err(ServeError::Sleep)?;
     flushed.map_err(ServeError::Flush)?;
@@ -98,7 +98,7 @@ pub fn run(prepared: Prepared, socket_path: &Path, signals: SigSet) -> Result<()
     Ok(())
 }
 
-fn signal_thread(signals: SigSet, shutdown: &nix::sys::eventfd::EventFd, socket: &SocketFile) {
+fn signal_thread(signals: SigSet, shutdown: &nix::sys::eventfd::EventFd) {
     let mut stopping = false;
     loop {
         let sig = match signals.wait() {
@@ -110,14 +110,12 @@ fn signal_thread(signals: SigSet, shutdown: &nix::sys::eventfd::EventFd, socket:
         };
         if stopping {
             tracing::warn!(signal = %sig, "second signal; exiting without draining or flushing");
-            socket.remove();
             std::process::exit(1);
         }
         stopping = true;
-        tracing::info!(signal = %sig, "shutting down");
+        tracing::info!(signal = %sig, "stopping the device");
         if let Err(e) = shutdown.write(1) {
             tracing::error!(error = %e, "cannot stop the server; exiting");
-            socket.remove();
             std::process::exit(1);
         }
     }

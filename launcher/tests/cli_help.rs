@@ -62,11 +62,32 @@ fn block_help_explains_every_option() {
         "--log-level",
         "listening on",
         "SIGTERM",
+        "Sandbox:",
+        "--sandbox <MODE>",
+        "jail",
+        "none",
+        "debugging only",
+        "[default: jail]",
+        "--jail-user <UID[:GID]>",
+        "[default: 65534:65534]",
+        "--seccomp-log",
+        "--seccomp-policy-dir <DIR>",
+        "seccomp violation",
     ] {
         assert!(
             text.contains(needle),
             "start block --help lacks {needle:?}:\n{text}"
         );
+    }
+}
+
+#[test]
+fn test_triggers_and_the_device_entry_point_are_hidden() {
+    let top = help(&["--help"]);
+    assert!(!top.contains("__device"), "{top}");
+    let text = help(&["start", "block", "--help"]);
+    for hidden in ["--test-", "--fd-image", "ESCAPE"] {
+        assert!(!text.contains(hidden), "help shows {hidden:?}:\n{text}");
     }
 }
 

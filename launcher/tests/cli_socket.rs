@@ -30,7 +30,9 @@ fn a_live_socket_is_in_use() {
     let socket = dir.path().join("blk.sock");
     let mut first = Running::start(start_block(&socket, &image, &[]), &socket);
 
-    let out = output(start_block(&socket, &image, &[]));
+    // Another image: the first launcher holds a lock on its own (see cli_image_errors).
+    let other = sparse_image(dir.path(), "other.img", 1 << 20);
+    let out = output(start_block(&socket, &other, &[]));
     assert_fails(&out, 1, &[&socket.display().to_string(), "in use"]);
 
     // The loser must not have touched the winner's socket.

@@ -39,6 +39,50 @@ struct Log {
     closed: bool,
 }
 
+/// What [`Launcher::try_spawn`] came to.
+#[derive(Debug)]
+pub enum Spawned {
+    /// It logged `listening on`.
+    Ready(Launcher),
+    /// It exited first.
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// Everything it wrote to stderr.
+        stderr: String,
+    },
+}
+
+/// The pids whose parent is `parent` (from /proc/PID/stat; /proc/PID/task/*/children needs
+/// CONFIG_PROC_CHILDREN, which not every kernel has).
+pub fn child_pids(parent: u32) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("read /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit while we look: skip it.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// A running launcher process.
 pub struct Launcher {
     child: Child,
@@ -75,6 +119,17 @@ impl Launcher {
 
     /// Runs the launcher with `args` and waits for `listening on`.
     pub fn spawn(args: &[String], socket: &Path) -> Result<Launcher> {
+        match Self::try_spawn(args, socket)? {
+            Spawned::Ready(l) => Ok(l),
+            Spawned::Exited { status, stderr } => {
+                bail!("launcher did not become ready: it exited ({status})\n{stderr}")
+            }
+        }
+    }
+
+    /// Runs the launcher with `args` and waits until it is ready or has exited: a launcher
+    /// that exits first (a refused start, a device that died) is not an error here.
+    pub fn try_spawn(args: &[String], socket: &Path) -> Result<Spawned> {
         let bin = launcher_bin()?;
         let mut child = Command::new(&bin)
             .args(args)
@@ -107,12 +162,35 @@ impl Launcher {
             log,
             socket: socket.to_path_buf(),
         };
-        if let Err(e) = l.wait_for_line("listening on", READY_TIMEOUT) {
-            let _ = l.child.kill();
-            let _ = l.child.wait();
-            bail!("launcher did not become ready: {e:#}\n{}", l.stderr());
+        match l.wait_for_line("listening on", READY_TIMEOUT) {
+            Ok(_) => Ok(Spawned::Ready(l)),
+            Err(e) => {
+                if l.log_closed() {
+                    // stderr closed: the launcher is exiting.
+                    let status = l.wait(READY_TIMEOUT)?;
+                    return Ok(Spawned::Exited {
+                        status,
+                        stderr: l.stderr(),
+                    });
+                }
+                let _ = l.child.kill();
+                let _ = l.child.wait();
+                bail!("launcher did not become ready: {e:#}\n{}", l.stderr());
+            }
         }
-        Ok(l)
+    }
+
+    fn log_closed(&self) -> bool {
+        let (m, _) = &*self.log;
+        m.lock().unwrap_or_else(|e| e.into_inner()).closed
+    }
+
+    /// The device process the launcher started (its child; the launcher runs one device).
+    pub fn device_pid(&self) -> Result<u32> {
+        child_pids(self.pid())?
+            .into_iter()
+            .next()
+            .context("the launcher has no device process")
     }
 
     /// Waits until a stderr line contains `needle`.

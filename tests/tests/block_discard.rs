@@ -22,8 +22,14 @@ fn discard_and_write_zeroes_leave_zeros() -> Result<()> {
         )?;
         // Discard [5 MiB, 6 MiB) and write zeroes over [6 MiB, 7 MiB). Full path: the busybox
         // shell prefers its own blkdiscard applet, which has no -z.
-        g.run_ok("/usr/sbin/blkdiscard -o $((5<<20)) -l $((1<<20)) /dev/vda", CMD)?;
-        g.run_ok("/usr/sbin/blkdiscard -z -o $((6<<20)) -l $((1<<20)) /dev/vda", CMD)?;
+        g.run_ok(
+            "/usr/sbin/blkdiscard -o $((5<<20)) -l $((1<<20)) /dev/vda",
+            CMD,
+        )?;
+        g.run_ok(
+            "/usr/sbin/blkdiscard -z -o $((6<<20)) -l $((1<<20)) /dev/vda",
+            CMD,
+        )?;
         let zeros = g.run_ok(
             "dd if=/dev/vda bs=1M skip=5 count=2 iflag=direct 2>/dev/null | tr -d '\\000' | wc -c",
             CMD,

@@ -705,9 +705,10 @@ fn hostile_driver_chains_are_returned_with_an_error() -> Result<()> {
             Box::new(|dq| dq.add_raw(UNMAPPED_GPA, 32, desc_flags::INDIRECT, 0)),
         ),
         (
-            "indirect table longer than the queue",
+            "indirect table longer than the indirect limit",
             Box::new(move |dq| {
-                dq.add_raw(0x8_0000, 16 * (size as u32 + 1), desc_flags::INDIRECT, 0)
+                let max = (size as u32).max(vu_core::chain::MAX_INDIRECT_DESCRIPTORS as u32);
+                dq.add_raw(0x8_0000, 16 * (max + 1), desc_flags::INDIRECT, 0)
             }),
         ),
         (

@@ -147,6 +147,14 @@ impl Running {
         }
     }
 
+    /// A line already read that contains `needle`, else the next one within `timeout`.
+    pub fn find_line(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        self.wait_for(needle, timeout)
+    }
+
     /// Sends `sig`.
     pub fn signal(&self, sig: Signal) {
         kill(self.pid(), sig).expect("kill");

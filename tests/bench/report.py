@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the raw results of tests/bench/compare.sh.
+
+usage: report.py --results target/vu-bench/results.jsonl --meta target/vu-bench/meta.json
+                 --work target/vu-bench --out BENCHMARKS.md
+
+Medians and spreads (min-max over rounds) per cell; ratios ours/qsd as the ratio of the
+medians, with the range of the per-round paired ratios; the bars of issue 6 checked and, where
+missed, by how much. tests/bench/analysis.md (hand-written notes on the profile) is included
+verbatim when it exists.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections import defaultdict
+
+WORKLOADS = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32", "read-128k-qd8"]
+STORAGE_TEXT = {
+    "tmpfs": "tmpfs, buffered (ours: no --direct; qsd: cache.direct=off,aio=threads)",
+    "disk": "ext4 on the disk, O_DIRECT + io_uring (ours: --direct; qsd: cache.direct=on,aio=io_uring)",
+}
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - best effort machine description
+        return ""
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(v, digits=0):
+    if v is None or v != v:
+        return "-"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def spread(xs, digits=0):
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return fmt(xs[0], digits)
+    return f"{fmt(med(xs), digits)} ({fmt(min(xs), digits)}-{fmt(max(xs), digits)})"
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def fio_side(j):
+    job = j["jobs"][0]
+    return job["read"] if job["read"]["io_bytes"] else job["write"]
+
+
+class Data:
+    def __init__(self, rows):
+        self.bench = defaultdict(list)  # (storage, queues, workload, server) -> [(round, result)]
+        self.fio = defaultdict(list)  # (storage, workload, engine) -> [(round, side, job)]
+        self.null = defaultdict(list)  # workload -> [result]
+        for r in rows:
+            if r["kind"] == "vu-bench":
+                self.bench[(r["storage"], r["queues"], r["workload"], r["server"])].append((r["round"], r["result"]))
+            elif r["kind"] == "fio":
+                job = r["result"]["jobs"][0]
+                self.fio[(r["storage"], r["workload"], r["engine"])].append((r["round"], fio_side(r["result"]), job))
+            elif r["kind"] == "null":
+                self.null[r["workload"]].append(r["result"])
+        self.storages = [s for s in ["tmpfs", "disk"] if any(k[0] == s for k in self.bench)]
+        self.queues = sorted({k[1] for k in self.bench})
+
+    def values(self, st, q, wl, server, key):
+        return [res[key] for _, res in self.bench[(st, q, wl, server)] if res.get(key) is not None]
+
+    def paired(self, st, q, wl, key):
+        a = {rd: res.get(key) for rd, res in self.bench[(st, q, wl, "ours")]}
+        b = {rd: res.get(key) for rd, res in self.bench[(st, q, wl, "qsd")]}
+        return [a[rd] / b[rd] for rd in a if rd in b and a[rd] and b[rd]]
+
+    def ratio(self, st, q, wl, key):
+        """(ratio of medians, per-round paired ratios)."""
+        a = self.values(st, q, wl, "ours", key)
+        b = self.values(st, q, wl, "qsd", key)
+        if not a or not b or not med(b):
+            return None, []
+        return med(a) / med(b), self.paired(st, q, wl, key)
+
+    def fio_values(self, st, wl, eng, what):
+        out = []
+        for _, side, job in self.fio[(st, wl, eng)]:
+            if what == "iops":
+                out.append(side["iops"])
+            elif what == "mib_s":
+                out.append(side["bw_bytes"] / 2**20)
+            elif what == "p50":
+                out.append(side["clat_ns"]["percentile"]["50.000000"] / 1000)
+            elif what == "cpu":
+                out.append((job["usr_cpu"] + job["sys_cpu"]) / 100)
+        return out
+
+
+def ratio_text(r, paired, digits=2):
+    if r is None:
+        return "-"
+    if len(paired) > 1:
+        return f"{r:.{digits}f}x ({min(paired):.{digits}f}-{max(paired):.{digits}f})"
+    return f"{r:.{digits}f}x"
+
+
+def bars(d):
+    """Rows: (bar, where, value text, target text, met, note)."""
+    out = []
+    for st in d.storages:
+        for q in d.queues:
+            wl = "randread-4k-qd32"
+            r, p = d.ratio(st, q, wl, "iops_per_server_cpu_s")
+            out.append(("QD32 4k randread IOPS per server CPU-s, ours/qsd", f"{st}, {q}q",
+                        ratio_text(r, p), ">= 2.0x", r is not None and r >= 2.0,
+                        shortfall(r, 2.0, higher=True)))
+            r, p = d.ratio(st, q, wl, "iops")
+            out.append(("QD32 4k randread IOPS, ours/qsd", f"{st}, {q}q", ratio_text(r, p), ">= 1.5x",
+                        r is not None and r >= 1.5, shortfall(r, 1.5, higher=True)))
+            r, p = d.ratio(st, q, "randread-4k-qd1", "lat_p50_us")
+            out.append(("QD1 4k randread p50 latency, ours/qsd", f"{st}, {q}q", ratio_text(r, p), "<= 0.7x",
+                        r is not None and r <= 0.7, shortfall(r, 0.7, higher=False)))
+            ours = d.values(st, q, "read-128k-qd8", "ours", "mib_s")
+            host = d.fio_values(st, "read-128k-qd8", "psync", "mib_s")
+            r = med(ours) / med(host) if ours and host else None
+            out.append(("128k seq read, ours / host pread (fio psync)", f"{st}, {q}q",
+                        f"{r:.0%} ({fmt(med(ours))} of {fmt(med(host))} MiB/s)" if r else "-",
+                        ">= 80%", r is not None and r >= 0.8, shortfall(r, 0.8, higher=True)))
+    rss = [v for k, lst in d.bench.items() if k[3] == "ours" for _, res in lst
+           for v in [res.get("device_rss_anon_idle_kib")] if v is not None]
+    qrss = [v for k, lst in d.bench.items() if k[3] == "qsd" for _, res in lst
+            for v in [res.get("device_rss_anon_idle_kib")] if v is not None]
+    if rss:
+        m = med(rss)
+        out.append(("Idle device process RssAnon", "all cells",
+                    f"{fmt(m)} KiB ({fmt(min(rss))}-{fmt(max(rss))}); qsd {fmt(med(qrss))} KiB",
+                    "<= 2048 KiB", m <= 2048, shortfall(m, 2048, higher=False)))
+    return out
+
+
+def shortfall(v, target, higher):
+    if v is None:
+        return "not measured"
+    if higher and v < target:
+        return f"short by {(target - v) / target:.0%} (needs {target / v:.2f}x more)"
+    if not higher and v > target:
+        return f"over by {(v - target) / target:.0%}"
+    return ""
+
+
+def machine(meta):
+    model = sh("lscpu | sed -n 's/^Model name: *//p'")
+    cores = sh("nproc")
+    mem = sh("free -g | awk '/Mem:/{print $2}'")
+    kernel = platform.release()
+    hyper = sh("lscpu | sed -n 's/^Hypervisor vendor: *//p'")
+    where = f"a {hyper} guest" if hyper else "bare metal"
+    rows = [("CPU", f"{model}, {cores} CPUs, {where}"),
+            ("Memory", f"{mem} GiB"), ("Kernel", kernel), ("OS", sh(". /etc/os-release && echo $PRETTY_NAME"))]
+    for key, label in [("tmpfs_image", "tmpfs image"), ("disk_image", "disk image")]:
+        path = meta.get(key)
+        if path:
+            d = os.path.dirname(path)
+            src, fstype = (sh(f"df --output=source,fstype {d} | tail -1").split() + ["?", "?"])[:2]
+            text = f"`{path}` ({meta.get('image_size')}) on {fstype} ({src})"
+            if src.startswith("/dev/"):
+                dev = os.path.basename(src)
+                info = sh(f"lsblk -dno MODEL,ROTA,SIZE {src}")
+                sched = sh(f"cat /sys/block/{dev}/queue/scheduler")
+                text += f"; {dev}: {info or '?'} (model, rotational, size), scheduler {sched or '?'}"
+            rows.append((label, text))
+    rows.append(("qemu-storage-daemon", meta.get("qsd_version", "")))
+    rows.append(("fio", sh("fio --version")))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rev = sh(f"git -C {root} rev-parse --short HEAD")
+    dirty = sh(f"git -C {root} status --porcelain -- core devices launcher | head -1")
+    rows.append(("Source", f"{rev}{' + uncommitted changes in core/devices/launcher' if dirty else ''}"))
+    rows.append(("Load average", f"{meta.get('load_before')} before, {meta.get('load_after')} after "
+                 "(1/5/15 min; the machine is shared)"))
+    return rows
+
+
+def write(d, meta, work, out):
+    L = []
+    w = L.append
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    w("# Benchmarks: our vhost-user-blk server vs qemu-storage-daemon\n")
+    w(f"Generated by `{meta.get('command', 'tests/bench/compare.sh').strip()}` on {now} "
+      f"({meta.get('rounds')} round(s), {meta.get('runtime')} s per cell, {meta.get('seconds')} s in all"
+      f"{', servers pinned to CPU 1 and the load to CPU 0' if meta.get('pin') else ', nothing pinned'}). "
+      "Regenerate with `tests/bench/compare.sh` (`--quick` for a 2-minute check); the raw results "
+      "are in `target/vu-bench/results.jsonl`.\n")
+    if meta.get("ours_extra"):
+        w(f"Our server ran with the extra arguments `{meta['ours_extra']}`.\n")
+
+    w("## The bar (issue 6)\n")
+    w("| bar | where | measured: median (range of per-round ratios) | target | met |")
+    w("|---|---|---|---|---|")
+    for bar, where, val, target, met, note in bars(d):
+        w(f"| {bar} | {where} | {val} | {target} | {'yes' if met else 'NO: ' + note} |")
+    w("")
+
+    w("## Machine\n")
+    w("| | |")
+    w("|---|---|")
+    for k, v in machine(meta):
+        w(f"| {k} | {v} |")
+    w("")
+
+    w("## Method\n")
+    w("Each cell starts the server fresh on the same image file, measures it idle, and runs the same "
+      "load from the host with `vu-bench` (a vhost-user-blk front-end in `tests/src/bench/`: memfd guest "
+      "memory, split rings, one driver thread per queue, EVENT_IDX negotiated, completions by call "
+      "eventfd). Within a round the two servers alternate per cell (A/B, then B/A), so drift on this "
+      "shared machine hits both. Server CPU is utime+stime of the server process and its descendants "
+      "(`/proc/PID/stat`) over the run; RssAnon from `/proc/PID/status` of the device process (for ours "
+      "the jailed child, for qsd the daemon) before the front-end connects. Tables give the median over "
+      "rounds and (min-max).\n")
+    w("```")
+    w("# ours (A)")
+    w("target/release/launcher start block --socket S --file IMG --num-queues N --engine io_uring [--direct]"
+      + (f" {meta['ours_extra']}" if meta.get("ours_extra") else ""))
+    w("# qemu-storage-daemon (B); tmpfs: cache.direct=off,aio=threads  disk: cache.direct=on,aio=io_uring")
+    w("qemu-storage-daemon --blockdev driver=file,node-name=f,filename=IMG,cache.direct=off,aio=threads \\")
+    w("    --export type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=S,writable=on,num-queues=N")
+    w("# the load, per cell")
+    w(f"target/release/vu-bench --socket S --rw randread|randwrite|read --bs 4k|128k --iodepth 1|32|8 "
+      f"--queues N --runtime {meta.get('runtime')} --server-pid PID --json")
+    w("# the host ceiling, same file, same round")
+    w(f"fio --name=ceiling --filename=IMG --rw=... --bs=... --iodepth=... --ioengine=psync|io_uring "
+      f"--direct=0|1 --runtime={meta.get('fio_runtime')} --time_based --size={meta.get('image_size')} "
+      "--invalidate=0 --output-format=json")
+    w("```\n")
+
+    for st in d.storages:
+        w(f"## Results: {STORAGE_TEXT.get(st, st)}\n")
+        w("| workload | queues | IOPS ours | IOPS qsd | ours/qsd | p50 us ours | p50 us qsd | p99 us ours | p99 us qsd "
+          "| IOPS per server CPU-s ours | qsd | ours/qsd | MiB/s ours | MiB/s qsd |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for wl in WORKLOADS:
+            for q in d.queues:
+                if not d.bench.get((st, q, wl, "ours")) and not d.bench.get((st, q, wl, "qsd")):
+                    continue
+                v = lambda srv, key, dg=0: spread(d.values(st, q, wl, srv, key), dg)  # noqa: E731
+                r_iops = d.ratio(st, q, wl, "iops")
+                r_eff = d.ratio(st, q, wl, "iops_per_server_cpu_s")
+                w(f"| {wl} | {q} | {v('ours', 'iops')} | {v('qsd', 'iops')} | {ratio_text(*r_iops)} "
+                  f"| {v('ours', 'lat_p50_us', 1)} | {v('qsd', 'lat_p50_us', 1)} "
+                  f"| {v('ours', 'lat_p99_us', 1)} | {v('qsd', 'lat_p99_us', 1)} "
+                  f"| {v('ours', 'iops_per_server_cpu_s')} | {v('qsd', 'iops_per_server_cpu_s')} | {ratio_text(*r_eff)} "
+                  f"| {v('ours', 'mib_s', 1)} | {v('qsd', 'mib_s', 1)} |")
+        w("")
+        if any(k[0] == st and k[3] == "ours-sync" for k in d.bench):
+            w("Extra, not part of the bars: ours with `--engine sync` (preadv/pwritev on the queue thread, "
+              "one request at a time per queue), measured in the same cells:\n")
+            w("| workload | queues | IOPS | p50 us | IOPS per server CPU-s | IOPS vs qsd | IOPS vs ours io_uring | IOPS/CPU-s vs qsd |")
+            w("|---|---|---|---|---|---|---|---|")
+            for wl in WORKLOADS:
+                for q in d.queues:
+                    xs = d.values(st, q, wl, "ours-sync", "iops")
+                    if not xs:
+                        continue
+                    def vs(other, key):
+                        a, b = d.values(st, q, wl, "ours-sync", key), d.values(st, q, wl, other, key)
+                        return f"{med(a) / med(b):.2f}x" if a and b and med(b) else "-"
+                    w(f"| {wl} | {q} | {spread(xs)} | {spread(d.values(st, q, wl, 'ours-sync', 'lat_p50_us'), 1)} "
+                      f"| {spread(d.values(st, q, wl, 'ours-sync', 'iops_per_server_cpu_s'))} "
+                      f"| {vs('qsd', 'iops')} | {vs('ours', 'iops')} | {vs('qsd', 'iops_per_server_cpu_s')} |")
+            w("")
+        w(f"Host ceiling on the same file (fio, one job; psync ignores the queue depth):\n")
+        w("| workload | psync IOPS | psync MiB/s | psync p50 us | io_uring IOPS | io_uring MiB/s | io_uring p50 us | fio CPU-s per s (psync / io_uring) |")
+        w("|---|---|---|---|---|---|---|---|")
+        for wl in WORKLOADS:
+            f = lambda eng, what, dg=0: spread(d.fio_values(st, wl, eng, what), dg)  # noqa: E731
+            if not d.fio.get((st, wl, "psync")):
+                continue
+            w(f"| {wl} | {f('psync', 'iops')} | {f('psync', 'mib_s', 1)} | {f('psync', 'p50', 1)} "
+              f"| {f('io_uring', 'iops')} | {f('io_uring', 'mib_s', 1)} | {f('io_uring', 'p50', 1)} "
+              f"| {f('psync', 'cpu', 2)} / {f('io_uring', 'cpu', 2)} |")
+        w("")
+
+    w("## Memory\n")
+    w("| server | device process RssAnon idle KiB | at the end of a run KiB | whole server tree idle KiB |")
+    w("|---|---|---|---|")
+    for srv in [x for x in ["ours", "qsd", "ours-sync"] if any(k[3] == x for k in d.bench)]:
+        vals = lambda key: [res[key] for k, lst in d.bench.items() if k[3] == srv  # noqa: E731
+                            for _, res in lst if res.get(key) is not None]
+        w(f"| {srv} | {spread(vals('device_rss_anon_idle_kib'))} | {spread(vals('device_rss_anon_end_kib'))} "
+          f"| {spread(vals('server_rss_anon_idle_kib'))} |")
+    w("")
+
+    w("## The load generator's own cost\n")
+    w("`vu-bench --null` serves an in-process null device (`vu_core::BackendServer` with a queue handler "
+      "that completes every request at once, no I/O): its IOPS are the ceiling of this front-end plus "
+      "our core on this machine, and `client ns/request` is vu-bench's own CPU per request "
+      "(CLOCK_THREAD_CPUTIME_ID of the driver threads).\n")
+    w("| run | IOPS | p50 us | vu-bench CPU ns/request | null server CPU us/request |")
+    w("|---|---|---|---|---|")
+    for wl, lst in sorted(d.null.items()):
+        w(f"| null, {wl}, 1 queue | {spread([r['iops'] for r in lst])} | {spread([r['lat_p50_us'] for r in lst], 1)} "
+          f"| {spread([r['client_ns_per_request'] for r in lst])} "
+          f"| {spread([r['server_us_per_request'] for r in lst if r.get('server_us_per_request') is not None], 2)} |")
+    cl = defaultdict(list)
+    for (st, q, wl, srv), lst in d.bench.items():
+        for _, res in lst:
+            cl[wl].append(res["client_ns_per_request"])
+    for wl in WORKLOADS:
+        if cl.get(wl):
+            w(f"| real servers, {wl} (all cells) | | | {spread(cl[wl])} | |")
+    w("")
+
+    profiles = meta.get("profiles") or []
+    if profiles:
+        w("## Profile: 4k randread QD32, tmpfs, 1 queue\n")
+        w("`perf record -e cpu-clock -F 2999 -g -p <server and descendants>` during a vu-bench run "
+          "(no hardware counters in this VM, so software-clock sampling); flat profile, "
+          "`perf report --no-children --sort dso,symbol`, entries above 0.7%.\n")
+        for srv in profiles:
+            w(f"### {srv}\n")
+            pj = os.path.join(work, f"profile-{srv}.json")
+            if os.path.exists(pj):
+                try:
+                    j = json.load(open(pj))
+                    w(f"During the profile: {fmt(j['iops'])} IOPS, {fmt(j.get('iops_per_server_cpu_s'))} IOPS per server CPU-s "
+                      f"({fmt(j.get('server_us_per_request'), 2)} us CPU per request).\n")
+                except Exception:  # noqa: BLE001
+                    pass
+            for name, title in [(f"profile-{srv}-threads.txt", "by thread and binary"), (f"profile-{srv}.txt", "by symbol")]:
+                p = os.path.join(work, name)
+                if os.path.exists(p):
+                    w(f"{title}:\n")
+                    w("```")
+                    w(open(p).read().rstrip())
+                    w("```\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    notes = os.path.join(here, "analysis.md")
+    if os.path.exists(notes):
+        w(open(notes).read().rstrip() + "\n")
+    with open(out, "w") as f:
+        f.write("\n".join(L))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    d = Data(load(a.results))
+    meta = json.load(open(a.meta))
+    write(d, meta, a.work, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+//! `vu-bench`: a host-side vhost-user-blk front-end and load generator, usable against any
+//! vhost-user-blk server socket (ours, qemu-storage-daemon, ...).
+//!
+//! - [`control`]: connection and negotiation (the rust-vmm `vhost` crate's front-end);
+//! - [`memory`]: memfd guest memory and its layout; [`ring`]: the driver half of a split
+//!   virtqueue; [`driver`]: the per-queue load loop (the data path, ours and cheap);
+//! - [`histogram`]: fixed-bucket latency histogram; [`procstat`]: server CPU and memory;
+//! - [`local`]: the in-process null device (the load generator's own ceiling) and a helper
+//!   to serve any device in-process;
+//! - [`run()`]: one run from start to [`Report`]; [`config`]: what to run.
+
+pub mod config;
+pub mod control;
+pub mod driver;
+pub mod histogram;
+pub mod local;
+pub mod memory;
+pub mod procstat;
+pub mod report;
+pub mod ring;
+mod run;
+
+pub use config::{parse_args, Config, Invocation, Notify, Rw, USAGE};
+pub use local::{LocalServer, NullDevice};
+pub use report::Report;
+pub use run::run;
