@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 use vu_core::{Chain, Progress, QueueHandler, QueueIo};
@@ -83,14 +84,32 @@ impl std::fmt::Debug for UringHandler {
 }
 
 impl UringHandler {
+    /// The ring, for tests that probe its restrictions.
+    #[cfg(test)]
+    pub(crate) fn ring_for_tests(&mut self) -> &mut IoUring {
+        &mut self.ring
+    }
+
     /// A ring sized for `queue_size` (at most 4096 entries) with its completion eventfd.
     pub(crate) fn new(disk: Arc<Disk>, queue_size: u16) -> io::Result<Self> {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
             .next_power_of_two();
-        let ring = IoUring::new(entries)?;
+        // The ring starts disabled, gets its eventfd, then is restricted to the three
+        // operations the block path submits (and the IO_DRAIN flag) before it is enabled:
+        // io_uring operations bypass seccomp, so a compromised device must not be able to
+        // open files, create sockets or connect through its ring.
+        let ring: IoUring = IoUring::builder().setup_r_disabled().build(entries)?;
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let submitter = ring.submitter();
+        submitter.register_eventfd(eventfd.as_raw_fd())?;
+        submitter.register_restrictions(&mut [
+            Restriction::sqe_op(opcode::Readv::CODE),
+            Restriction::sqe_op(opcode::Writev::CODE),
+            Restriction::sqe_op(opcode::Fsync::CODE),
+            Restriction::sqe_flags_allowed(squeue::Flags::IO_DRAIN.bits()),
+        ])?;
+        submitter.register_enable_rings()?;
         let max_in_flight = ring.params().sq_entries() as usize;
         let cq = ring.params().cq_entries() as usize;
         Ok(UringHandler {

@@ -15,6 +15,7 @@ use super::request::{classify, execute_sync};
 
 mod device;
 mod requests;
+mod uring_restrictions;
 
 const MEM_SIZE: u64 = 4 << 20;
 const TABLE: u64 = 0;
