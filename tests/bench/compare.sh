@@ -3,7 +3,8 @@
 #
 # usage: tests/bench/compare.sh [options]
 #
-#   --quick            one round, 2 s per cell, 256 MiB images (under 2 minutes)
+#   --quick            one round, 2 s per cell, 256 MiB images (under 2 minutes); explicit
+#                      --rounds, --runtime and --image-size still apply
 #   --rounds N         A/B rounds (default 3); the server order alternates every cell
 #   --runtime SEC      seconds per vu-bench cell (default 5; fio cells get 60% of it)
 #   --image-size SIZE  image size for dd, e.g. 1G (default 1G; --quick: 256M)
@@ -18,6 +19,7 @@
 #                      4k randread QD32 on tmpfs and add the top symbols to the report
 #   --no-build         do not run cargo build --release first
 #   --out FILE         the report to write (default BENCHMARKS.md at the repository root)
+#   --work DIR         raw results, logs and profiles (default target/vu-bench)
 #
 # Environment: OURS_EXTRA adds arguments to `launcher start block` (e.g. "--seccomp-log");
 # QSD (default qemu-storage-daemon), FIO (default fio) and PYTHON (default /usr/bin/python3)
@@ -35,7 +37,7 @@
 # measured with --server-pid (its CPU time and RssAnon, descendants included). Workloads:
 # 4k randread QD1, 4k randread QD32, 4k randwrite QD32, 128k sequential read QD8 (per queue).
 # The host ceiling comes from fio (psync and io_uring) on the same file in the same round.
-# Raw results go to target/vu-bench/results.jsonl; tests/bench/report.py writes the report.
+# Raw results go to target/vu-bench/results.jsonl (see --work); tests/bench/report.py writes the report.
 
 set -euo pipefail
 
@@ -55,6 +57,7 @@ with_sync=0
 profile=0
 build=1
 out="$root/BENCHMARKS.md"
+work="$root/target/vu-bench"
 QSD=${QSD:-qemu-storage-daemon}
 FIO=${FIO:-fio}
 if [ -z "${PYTHON:-}" ]; then
@@ -63,12 +66,14 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 OURS_EXTRA=${OURS_EXTRA:-}
 image_size_set=0
+rounds_set=0
+runtime_set=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
-        --rounds) rounds=$2; shift ;;
-        --runtime) runtime=$2; shift ;;
+        --rounds) rounds=$2; rounds_set=1; shift ;;
+        --runtime) runtime=$2; runtime_set=1; shift ;;
         --image-size) image_size=$2; image_size_set=1; shift ;;
         --tmpfs-dir) tmpfs_dir=$2; shift ;;
         --disk-dir) disk_dir=$2; shift ;;
@@ -79,19 +84,19 @@ while [ $# -gt 0 ]; do
         --profile) profile=1 ;;
         --no-build) build=0 ;;
         --out) out=$2; shift ;;
+        --work) work=$2; shift ;;
         -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 if [ "$quick" = 1 ]; then
-    rounds=1
-    runtime=2
+    [ "$rounds_set" = 1 ] || rounds=1
+    [ "$runtime_set" = 1 ] || runtime=2
     [ "$image_size_set" = 1 ] || image_size=256M
 fi
 fio_runtime=$("$PYTHON" -c "print(max(1, round($runtime * 0.6)))")
 
-work="$root/target/vu-bench"
 mkdir -p "$work"
 results="$work/results.jsonl"
 meta="$work/meta.json"
@@ -116,7 +121,10 @@ if [ "$build" = 1 ]; then
     log "building release binaries"
     (cd "$root" && cargo build --release -q -p launcher -p vu-tests --bin launcher --bin vu-bench)
 fi
-[ -x "$launcher" ] && [ -x "$vubench" ] || { echo "compare.sh: build $launcher and $vubench first" >&2; exit 1; }
+if [ ! -x "$launcher" ] || [ ! -x "$vubench" ]; then
+    echo "compare.sh: build $launcher and $vubench first" >&2
+    exit 1
+fi
 
 qsd_version=$("$QSD" --version | head -1)
 case "$qsd_version" in
@@ -233,11 +241,11 @@ EOF
 }
 
 run_fio() { # round storage workload engine
-    local r=$1 st=$2 wl=$3 eng=$4 direct=0
-    [ "$st" = disk ] && direct=1
+    local r=$1 st=$2 wl=$3 eng=$4 odirect=0
+    [ "$st" = disk ] && odirect=1
     # shellcheck disable=SC2086
     "${cli_pin[@]}" "$FIO" --name=ceiling --filename="${image[$st]}" ${wl_fio[$wl]} \
-        --ioengine="$eng" --direct=$direct --runtime="$fio_runtime" --time_based \
+        --ioengine="$eng" --direct=$odirect --runtime="$fio_runtime" --time_based \
         --size="$image_size" --invalidate=0 --output-format=json --output="$work/fio.json" >/dev/null
     "$PYTHON" - "$work/fio.json" "$r" "$st" "$wl" "$eng" >>"$results" <<'EOF'
 import json, sys
@@ -304,10 +312,14 @@ if [ "$profile" = 1 ] && [[ ",$storages," == *",tmpfs,"* ]]; then
         stop_server
         perf report -i "$work/perf-$server.data" --no-children --sort dso,symbol \
             --stdio -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' \
-            | head -40 >"$work/profile-$server.txt" || true
+            | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -40 >"$work/profile-$server.txt" || true
         perf report -i "$work/perf-$server.data" --no-children --sort comm,dso \
             --stdio -g none --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' \
-            | head -16 >"$work/profile-$server-threads.txt" || true
+            | sed -E 's/[[:space:]]+$//' | head -16 >"$work/profile-$server-threads.txt" || true
+        # Callers of the hottest symbols (kernel stacks unwind; user stacks mostly do not).
+        perf report -i "$work/perf-$server.data" --no-children --sort comm,symbol \
+            --stdio -G --percent-limit 4 2>/dev/null | grep -v '^#' | grep -v '^$' \
+            | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -120 >"$work/profile-$server-callers.txt" || true
         profile_files+=("$server")
     done
 fi

@@ -332,7 +332,7 @@ def write(d, meta, work, out):
         w("## Profile: 4k randread QD32, tmpfs, 1 queue\n")
         w("`perf record -e cpu-clock -F 2999 -g -p <server and descendants>` during a vu-bench run "
           "(no hardware counters in this VM, so software-clock sampling); flat profile, "
-          "`perf report --no-children --sort dso,symbol`, entries above 0.7%.\n")
+          "`perf report --no-children --sort dso,symbol`, entries above 0.7%. perf itself costs throughput: compare shares, not absolute figures.\n")
         for srv in profiles:
             w(f"### {srv}\n")
             pj = os.path.join(work, f"profile-{srv}.json")
@@ -350,6 +350,12 @@ def write(d, meta, work, out):
                     w("```")
                     w(open(p).read().rstrip())
                     w("```\n")
+            p = os.path.join(work, f"profile-{srv}-callers.txt")
+            if os.path.exists(p):
+                w(f"<details><summary>{srv}: call chains of the symbols above 4%</summary>\n")
+                w("```")
+                w(open(p).read().rstrip())
+                w("```\n</details>\n")
     here = os.path.dirname(os.path.abspath(__file__))
     notes = os.path.join(here, "analysis.md")
     if os.path.exists(notes):
