@@ -4,8 +4,14 @@
 //! Frame: `u32` little-endian length, then postcard of [`Envelope`]. Every request gets exactly
 //! one response; a request that cannot be decoded gets `Response::Error` and the channel stays
 //! open; a broken frame (length beyond [`MAX_FRAME`], EOF mid-frame) closes it.
+//!
+//! The same framing carries the supervisor's own protocol on its control socket
+//! ([`SupervisorRequest`], [`SupervisorResponse`]): operator tools talk to the supervisor, which
+//! relays device-level requests to the device processes.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,6 +133,75 @@ pub enum Response {
     Error(String),
 }
 
+/// Requests from an operator tool (`launcher ctl`) to the supervisor. `String`s name devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SupervisorRequest {
+    /// Every device, without asking the devices.
+    List,
+    /// Full status of one device, or of all (`None`).
+    Status(Option<String>),
+    /// Sleep the device: drain, flush, touch nothing until `Wake`.
+    Sleep(String),
+    /// Wake the device.
+    Wake(String),
+    /// The device's snapshot (it must be asleep).
+    Snapshot(String),
+    /// Restore the device from a snapshot (it must be asleep).
+    Restore(String, Vec<u8>),
+    /// Stop the device process (drain, flush, exit); its socket stays bound.
+    Stop(String),
+    /// Start a stopped or failed device.
+    Start(String),
+    /// Stop, then start the device process.
+    Restart(String),
+    /// Resize the device (bytes).
+    Resize(String, u64),
+    /// Test-only: relay a test trigger to the device (honoured by debug builds only).
+    TestTrigger(String, String),
+}
+
+/// What the supervisor knows about one device (and, for `Status`, what the device says).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// The device's name.
+    pub name: String,
+    /// Its kind ("block").
+    pub kind: String,
+    /// The vhost-user socket it serves.
+    pub socket: String,
+    /// starting, running, asleep, stopping, stopped, restarting or failed.
+    pub state: String,
+    /// The current device process.
+    pub pid: Option<i32>,
+    /// Milliseconds since the current process became ready.
+    pub uptime_ms: Option<u64>,
+    /// Device processes started after the first one (crash respawns and restarts).
+    pub restarts: u64,
+    /// Device processes that ended without being asked to.
+    pub crashes: u64,
+    /// How the last device process ended.
+    pub last_exit: Option<String>,
+    /// Why the device is failed (state `failed`).
+    pub failure: Option<String>,
+    /// The device's own report (`Status` of a live device only).
+    pub report: Option<DeviceReport>,
+    /// Why the report is missing although the device is live.
+    pub report_error: Option<String>,
+}
+
+/// Responses of the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SupervisorResponse {
+    /// Done.
+    Ok,
+    /// Reply to `List` and `Status`.
+    Devices(Vec<DeviceStatus>),
+    /// Reply to `Snapshot`.
+    Snapshot(Vec<u8>),
+    /// The request was refused or failed, with the reason.
+    Error(String),
+}
+
 /// Writes one frame.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, body: &T) -> Result<(), ControlError> {
     let env = Envelope {
@@ -198,6 +273,15 @@ pub fn call(stream: &mut UnixStream, req: &Request) -> Result<Response, ControlE
     read_frame(stream)
 }
 
+/// Sends a supervisor request and waits for its response.
+pub fn call_supervisor(
+    stream: &mut UnixStream,
+    req: &SupervisorRequest,
+) -> Result<SupervisorResponse, ControlError> {
+    write_frame(stream, req)?;
+    read_frame(stream)
+}
+
 /// Device-side state the control server reports on.
 #[derive(Debug, Clone)]
 pub struct ControlTarget {
@@ -261,7 +345,11 @@ impl ControlTarget {
 
     /// Serves requests on `stream` until the peer closes it or framing breaks. `extra` gets
     /// first refusal on each request (for device-process-level requests such as test triggers).
-    pub fn serve(&self, mut stream: UnixStream, extra: &dyn Fn(&Request) -> Option<Response>) {
+    ///
+    /// The stream is used through read(2) and write(2) (not recv/send), the calls a jailed
+    /// device's seccomp policy allows anyway.
+    pub fn serve(&self, stream: UnixStream, extra: &dyn Fn(&Request) -> Option<Response>) {
+        let mut stream = File::from(OwnedFd::from(stream));
         loop {
             let raw = match read_raw_frame(&mut stream) {
                 Ok(r) => r,
@@ -286,6 +374,25 @@ impl ControlTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supervisor_messages_round_trip() {
+        let mut buf = Vec::new();
+        let req = SupervisorRequest::Restore("disk0".into(), vec![1, 2, 3]);
+        write_frame(&mut buf, &req).expect("write");
+        let back: SupervisorRequest = read_frame(&mut buf.as_slice()).expect("read");
+        assert_eq!(back, req);
+        let resp = SupervisorResponse::Devices(vec![DeviceStatus {
+            name: "disk0".into(),
+            state: "running".into(),
+            pid: Some(7),
+            ..DeviceStatus::default()
+        }]);
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &resp).expect("write");
+        let back: SupervisorResponse = read_frame(&mut buf.as_slice()).expect("read");
+        assert_eq!(back, resp);
+    }
 
     #[test]
     fn frames_round_trip_and_refuse_garbage() {

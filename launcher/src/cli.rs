@@ -27,7 +27,9 @@ pub const MAX_SERIAL_BYTES: usize = 20;
     name = "launcher",
     version,
     propagate_version = true,
-    after_help = "Devices:\n  launcher start block --help    serve a disk image as vhost-user-blk\n\n\
+    after_help = "Devices:\n  launcher start block --help    serve a disk image as vhost-user-blk\n  \
+                  launcher start --config FILE   serve the devices a TOML file names\n  \
+                  launcher ctl --help            control a running launcher\n\n\
                   Exit status: 0 after a clean shutdown, 1 on a runtime error (the message names \
                   the path or value at fault), 2 on a usage error."
 )]
@@ -55,13 +57,205 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a device server in the foreground; it runs until SIGINT or SIGTERM.
-    #[command(subcommand)]
-    Start(StartCommand),
+    /// Start device servers in the foreground under a supervisor; it runs until SIGINT or
+    /// SIGTERM.
+    Start(StartArgs),
+
+    /// Control a running launcher through its control socket.
+    Ctl(CtlArgs),
 
     /// The device process itself, started by `launcher start` (not for operators).
     #[command(name = "__device", subcommand, hide = true)]
     Device(DeviceCommand),
+}
+
+/// `launcher start`: one device (`launcher start block ...`) or those of a config file.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = CONFIG_HELP
+)]
+pub struct StartArgs {
+    /// Serve the devices described in this TOML file (see below).
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
+
+    /// Supervisor options.
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+
+    /// One device, from the command line.
+    #[command(subcommand)]
+    pub device: Option<StartCommand>,
+}
+
+/// The config file format, in `launcher start --help`.
+pub const CONFIG_HELP: &str = "Config file (TOML):\n  \
+    control = \"/run/vm0/launcher.sock\"   # optional: the control socket (--control wins)\n  \
+    max_crashes = 5                       # optional: see --max-crashes\n  \
+    crash_window = 30                     # optional: see --crash-window\n\n  \
+    [[device]]\n  \
+    name = \"disk0\"                        # unique; letters, digits, '-', '_', '.'\n  \
+    kind = \"block\"\n  \
+    socket = \"/run/vm0/disk0.sock\"\n  \
+    file = \"/var/lib/vm0/disk0.raw\"\n  \
+    # optional, as the options of `launcher start block`:\n  \
+    read_only = false\n  direct = false\n  num_queues = 1\n  queue_size = 256\n  \
+    serial = \"disk0\"\n  logical_block_size = 512\n  engine = \"io_uring\"   # or \"sync\"\n  \
+    writethrough = false\n  sandbox = \"jail\"       # or \"none\"\n  \
+    jail_user = \"65534:65534\"";
+
+/// Options of the supervisor, for `launcher start --config` and `launcher start block`.
+#[derive(Debug, Clone, Default, Args, PartialEq, Eq)]
+#[command(next_help_heading = "Supervisor")]
+pub struct SupervisorArgs {
+    /// The control socket `launcher ctl` talks to (mode 0600; only this user and root are
+    /// served). Default: the config file's `control`, else $VU_LAUNCHER_CONTROL, else
+    /// $XDG_RUNTIME_DIR/vu-launcher/control.sock, else /run/vu-launcher/control.sock for root,
+    /// else /tmp/vu-launcher-UID/control.sock (the directory is created with mode 0700).
+    /// Removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// A device that crashes more than N times within --crash-window is held in the failed
+    /// state (until `launcher ctl start DEV`) instead of being restarted again. A crashed
+    /// device is restarted on the same socket after a backoff of 100 ms, doubling with each
+    /// recent crash up to 5 s. [default: 5]
+    #[arg(long, value_name = "N")]
+    pub max_crashes: Option<u32>,
+
+    /// The window of --max-crashes, in seconds. [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub crash_window: Option<u64>,
+}
+
+/// Environment variable for `--control` (of `launcher start` and `launcher ctl`).
+pub const CONTROL_ENV: &str = "VU_LAUNCHER_CONTROL";
+
+/// `launcher ctl`.
+#[derive(Debug, Args)]
+#[command(after_help = CTL_HELP)]
+pub struct CtlArgs {
+    /// The launcher's control socket (default: as for `launcher start`).
+    #[arg(long, global = true, value_name = "PATH", env = CONTROL_ENV)]
+    pub control: Option<PathBuf>,
+
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `launcher ctl --help` epilogue.
+pub const CTL_HELP: &str = "Moving state into a fresh device process:\n  \
+    launcher ctl sleep DEV\n  \
+    launcher ctl snapshot DEV --out state.bin\n  \
+    launcher ctl restart DEV        # or stop DEV, then start DEV\n  \
+    launcher ctl sleep DEV          # the new process must be asleep to restore\n  \
+    launcher ctl restore DEV --in state.bin\n  \
+    launcher ctl wake DEV\n\n\
+Exit status: 0 on success, 1 when the request failed (the reason is printed), 2 on a usage \
+error.";
+
+/// The commands of `launcher ctl`. DEV is a device name (`launcher ctl list`).
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every device: name, kind, state, pid, socket.
+    List,
+    /// Status of one device or of all: pid, state, uptime, restarts, last exit, front-end,
+    /// negotiated features, per-queue counters, device fields.
+    Status {
+        /// The device (default: all).
+        dev: Option<String>,
+    },
+    /// Stop taking requests, complete those in flight and flush; the device then touches
+    /// neither guest memory nor its image until `wake`.
+    Sleep {
+        /// The device.
+        dev: String,
+    },
+    /// Resume a sleeping device.
+    Wake {
+        /// The device.
+        dev: String,
+    },
+    /// Write the state of a sleeping device to a file.
+    Snapshot {
+        /// The device.
+        dev: String,
+        /// Where to write the snapshot.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a sleeping device from a snapshot file; a corrupt or mismatched snapshot is
+    /// refused and changes nothing.
+    Restore {
+        /// The device.
+        dev: String,
+        /// The snapshot.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Stop the device process (drain, flush, exit); its socket stays bound.
+    Stop {
+        /// The device.
+        dev: String,
+    },
+    /// Start a stopped or failed device; waits until it serves.
+    Start {
+        /// The device.
+        dev: String,
+    },
+    /// Stop the device process and start a new one; waits until it serves.
+    Restart {
+        /// The device.
+        dev: String,
+    },
+    /// Grow the device to SIZE bytes (suffixes K, M, G, T: powers of 1024); the guest is
+    /// told of the new capacity.
+    Resize {
+        /// The device.
+        dev: String,
+        /// The new size.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
+    /// Test-only: relay a test trigger (crash, exit, forbidden-syscall) to a device (debug
+    /// builds only).
+    #[command(hide = true)]
+    TestTrigger {
+        /// The device.
+        dev: String,
+        /// The trigger.
+        trigger: String,
+    },
+}
+
+/// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{s}`: unknown size suffix {c:?} (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (bytes, or with a K, M, G or T suffix)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
 /// The devices `launcher start` knows.
@@ -75,7 +269,9 @@ pub enum StartCommand {
     /// in-flight requests and flushes the image; the launcher removes the socket and exits 0.
     /// A second signal kills the device and exits at once with status 1. If the device dies,
     /// the launcher says how (exit status, or signal; SIGSYS is reported as a seccomp
-    /// violation) and exits 1.
+    /// violation) and starts a new device process on the same socket after a backoff (see
+    /// --max-crashes); a device that dies before it was ever ready makes the launcher exit 1.
+    /// `launcher ctl` controls it through --control.
     #[command(
         after_help = "Example:\n  launcher start block --socket /run/vm0/disk0.sock --file /var/lib/vm0/disk0.raw"
     )]
@@ -94,6 +290,14 @@ pub struct BlockArgs {
     /// multiple of --logical-block-size.
     #[arg(long, value_name = "IMAGE")]
     pub file: PathBuf,
+
+    /// The device's name, for `launcher ctl`.
+    #[arg(long, value_name = "NAME", default_value = "block0", value_parser = parse_name)]
+    pub name: String,
+
+    /// Supervisor options.
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
 
     /// How the disk is offered to the guest.
     #[command(flatten)]
@@ -259,7 +463,7 @@ pub struct JailUser {
     pub gid: u32,
 }
 
-fn parse_jail_user(s: &str) -> Result<JailUser, String> {
+pub(crate) fn parse_jail_user(s: &str) -> Result<JailUser, String> {
     let id = |part: &str, what: &str| -> Result<u32, String> {
         let n: u32 = part
             .parse()
@@ -431,7 +635,7 @@ pub enum EngineArg {
     Sync,
 }
 
-fn parse_queue_size(s: &str) -> Result<u16, String> {
+pub(crate) fn parse_queue_size(s: &str) -> Result<u16, String> {
     let n: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of descriptors"))?;
@@ -444,7 +648,7 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
     u16::try_from(n).map_err(|_| format!("queue size {n} is too large"))
 }
 
-fn parse_serial(s: &str) -> Result<String, String> {
+pub(crate) fn parse_serial(s: &str) -> Result<String, String> {
     if s.len() > MAX_SERIAL_BYTES {
         return Err(format!(
             "serial `{s}` is {} bytes long; the limit is {MAX_SERIAL_BYTES}",
@@ -455,6 +659,23 @@ fn parse_serial(s: &str) -> Result<String, String> {
         return Err("serial contains a NUL byte".to_string());
     }
     Ok(s.to_string())
+}
+
+/// A device name: 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'.
+pub fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !s.starts_with(['-', '.']);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "device name `{s}` must be 1 to 64 letters, digits, '-', '_' or '.', not starting \
+             with '-' or '.'"
+        ))
+    }
 }
 
 fn parse_log_filter(s: &str) -> Result<String, String> {
@@ -468,6 +689,7 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn cli_is_well_formed() {
@@ -491,14 +713,73 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        assert_eq!(parse_size("3m"), Ok(3 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn start_takes_a_config_or_a_device() {
+        let cli =
+            Cli::try_parse_from(["launcher", "start", "--config", "/c.toml"]).expect("config");
+        assert!(matches!(
+            cli.command,
+            Command::Start(StartArgs {
+                config: Some(_),
+                device: None,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["launcher", "start"]).is_err());
+        let cli = Cli::try_parse_from([
+            "launcher",
+            "start",
+            "block",
+            "--socket",
+            "/s",
+            "--file",
+            "/f",
+            "--name",
+            "d0",
+            "--control",
+            "/c.sock",
+        ])
+        .expect("block with a name and a control socket");
+        let Command::Start(StartArgs {
+            device: Some(StartCommand::Block(b)),
+            ..
+        }) = cli.command
+        else {
+            panic!("not start block");
+        };
+        assert_eq!(b.name, "d0");
+        assert_eq!(b.supervisor.control.as_deref(), Some(Path::new("/c.sock")));
+        assert!(Cli::try_parse_from([
+            "launcher", "start", "block", "--socket", "/s", "--file", "/f", "--name", "-x",
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn defaults() {
         let cli = Cli::try_parse_from([
             "launcher", "start", "block", "--socket", "/s", "--file", "/f",
         ])
         .expect("parses");
-        let Command::Start(StartCommand::Block(args)) = cli.command else {
+        let Command::Start(StartArgs {
+            device: Some(StartCommand::Block(args)),
+            ..
+        }) = cli.command
+        else {
             panic!("not start block");
         };
+        assert_eq!(args.name, "block0");
         let b = &args.device;
         assert_eq!(b.num_queues, 1);
         assert_eq!(b.queue_size, 256);
@@ -570,8 +851,10 @@ mod tests {
             "--test-escape-host-pid",
             "7",
         ];
-        let Command::Start(StartCommand::Block(args)) =
-            Cli::try_parse_from(start).expect("parses").command
+        let Command::Start(StartArgs {
+            device: Some(StartCommand::Block(args)),
+            ..
+        }) = Cli::try_parse_from(start).expect("parses").command
         else {
             panic!("not start block");
         };

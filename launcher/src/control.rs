@@ -1,9 +1,10 @@
 //! The control channel between the launcher and a device process: one socketpair per device,
 //! opened by the launcher before the device starts (the device's end is fd 5).
 //!
-//! Today it carries one message, device to launcher: "ready" (jailed, serving). It is the
-//! seam for the supervisor's channel (status, sleep/wake, snapshot), whose types will live in
-//! vu-core.
+//! It starts with one byte, device to launcher: "ready" (jailed, every thread up, serving).
+//! After it, the channel carries the framed requests and responses of `vu_core::control`
+//! (status, sleep/wake, snapshot/restore, resize, test triggers), answered by the device's
+//! control thread (`serve.rs`).
 
 use std::io;
 use std::os::fd::AsFd;

@@ -14,6 +14,7 @@ use crate::cli::{DeviceBlockArgs, SandboxMode, TestTriggers};
 use crate::escape::{self, EscapeTargets};
 use crate::jail::{self, JailConfig, JailError, LandlockStatus, Limits};
 use crate::serve::{self, ServeError};
+use vu_core::control::{Request, Response};
 
 /// Logged by the launcher and by the device on every start with `--sandbox none`.
 pub const UNJAILED_WARNING: &str = "--sandbox none: the device runs WITHOUT A JAIL (no \
@@ -148,8 +149,35 @@ pub fn run_block(args: &DeviceBlockArgs) -> Result<(), DeviceError> {
 
     let opts = BlockOptions::new(args.image_name.clone(), &args.device);
     let prepared = block::build(&opts, image)?;
-    serve::run(prepared, listener, &control, signals)?;
+    serve::run(prepared, listener, control, Box::new(test_trigger), signals)?;
     Ok(())
+}
+
+/// Answers `TestTrigger` requests from the supervisor: honoured in builds with debug
+/// assertions only. "crash" aborts (as pid 1 of its pid namespace the device ignores its own
+/// SIGABRT, so glibc's abort ends in a forced SIGSEGV), "exit" exits with status 3,
+/// "forbidden-syscall" makes a system call the seccomp policy forbids (SIGSYS).
+fn test_trigger(req: &Request) -> Option<Response> {
+    let Request::TestTrigger(name) = req else {
+        return None;
+    };
+    if !cfg!(debug_assertions) {
+        return Some(Response::Error(
+            "test triggers are honoured by debug builds only".into(),
+        ));
+    }
+    tracing::warn!(trigger = %name, "test trigger");
+    match name.as_str() {
+        "crash" => std::process::abort(),
+        "exit" => std::process::exit(3),
+        "forbidden-syscall" => {
+            escape::forbidden_syscall();
+            Some(Response::Error("the forbidden system call returned".into()))
+        }
+        other => Some(Response::Error(format!(
+            "unknown test trigger {other:?} (crash, exit, forbidden-syscall)"
+        ))),
+    }
 }
 
 /// The test triggers, in builds with debug assertions; none in release builds.

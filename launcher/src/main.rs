@@ -1,19 +1,20 @@
 //! `launcher`: starts, jails and supervises vhost-user device servers.
 //!
-//! `launcher start <device>` runs in the foreground as the device's supervisor; the device
-//! itself runs in a separate, jailed process: the same binary, exec'd as the hidden
-//! `launcher __device <device> ...`.
+//! `launcher start block ...` / `launcher start --config FILE` runs in the foreground as the
+//! supervisor of its devices; each device runs in a separate, jailed process: the same binary,
+//! exec'd as the hidden `launcher __device <device> ...`. `launcher ctl` talks to a running
+//! supervisor.
 //!
-//! Exit status: 0 after a clean shutdown, 1 on a runtime error (including the death of the
-//! device), 2 on a usage error.
+//! Exit status: 0 after a clean shutdown (or a successful `ctl` request), 1 on a runtime
+//! error, 2 on a usage error.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use launcher::cli::{Cli, Command, DeviceCommand, StartCommand};
-use launcher::{device, start};
+use launcher::cli::{Cli, Command, DeviceCommand};
+use launcher::{ctl, device, start};
 
 fn main() -> ExitCode {
     // Usage errors print their own message and exit with status 2.
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let who = match cli.command {
         Command::Start(_) => "launcher",
+        Command::Ctl(_) => "launcher ctl",
         Command::Device(_) => "launcher (device process)",
     };
     match run(cli) {
@@ -46,7 +48,8 @@ fn init_logging(filter: &str) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Start(StartCommand::Block(args)) => start::start_block(&args, &cli.log_level)?,
+        Command::Start(args) => start::start(&args, &cli.log_level)?,
+        Command::Ctl(args) => ctl::run(&args)?,
         Command::Device(DeviceCommand::Block(args)) => device::run_block(&args)?,
     }
     Ok(())

@@ -5,6 +5,9 @@
 //! any thread exists (the launcher already blocked them across exec), and one thread takes
 //! them with `sigwait`. That thread starts after the jail, seccomp included: the jail is
 //! entered single-threaded.
+//!
+//! Once serving, a "control" thread answers the supervisor's requests on the control channel
+//! (status, sleep, wake, snapshot, restore, resize; see `vu_core::control`).
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,6 +15,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
 use vu_core::backend_server::ServeError as CoreServeError;
+use vu_core::control::{Request, Response};
 use vu_core::handler::HandlerError;
 use vu_core::{BackendServer, VhostUserDevice};
 
@@ -45,6 +49,9 @@ pub enum ServeError {
     /// The launcher could not be told.
     #[error("cannot tell the launcher the device is ready")]
     Control(#[source] io::Error),
+    /// The control thread could not be started.
+    #[error("cannot start the control thread")]
+    ControlThread(#[source] io::Error),
     /// The vhost-user server failed.
     #[error("serving failed")]
     Server(#[source] CoreServeError),
@@ -65,13 +72,18 @@ pub fn block_signals() -> Result<SigSet, ServeError> {
     Ok(set)
 }
 
+/// Device-process-level control requests (test triggers) the core does not answer.
+pub type ExtraRequests = Box<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+
 /// Serves `prepared` on `listener` until SIGTERM or SIGINT (in `signals`, already blocked),
-/// telling the launcher on `control` once serving starts. On the first signal: stop serving,
-/// drain the queues, flush and return. On a second: exit with status 1 at once.
+/// telling the launcher on `control` once serving starts and then answering its requests
+/// there (`extra` first). On the first signal: stop serving, drain the queues, flush and
+/// return. On a second: exit with status 1 at once.
 pub fn run(
     prepared: Prepared,
     listener: UnixListener,
-    control: &UnixStream,
+    control: UnixStream,
+    extra: ExtraRequests,
     signals: SigSet,
 ) -> Result<(), ServeError> {
     let server = BackendServer::new(prepared.device, listener).map_err(ServeError::Server)?;
@@ -82,7 +94,26 @@ pub fn run(
         .spawn(move || signal_thread(signals, &shutdown))
         .map_err(ServeError::SignalThread)?;
 
-    control::send(control, DeviceMessage::Ready).map_err(ServeError::Control)?;
+    // The control thread says "ready" (so that every thread is up by then) and then answers
+    // the supervisor's requests, which it sends only once it has read "ready".
+    let target = server.control_target();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let sent = control::send(&control, DeviceMessage::Ready);
+            let ok = sent.is_ok();
+            let _ = sent_tx.send(sent);
+            if ok {
+                target.serve(control, &*extra);
+                tracing::debug!("control channel closed");
+            }
+        })
+        .map_err(ServeError::ControlThread)?;
+    sent_rx
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the control thread ended")))
+        .map_err(ServeError::Control)?;
     let served = server.serve();
 
     let slept = server

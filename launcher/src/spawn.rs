@@ -128,6 +128,9 @@ pub enum SpawnError {
     /// pipe2 failed.
     #[error("cannot create a pipe")]
     Pipe(#[source] nix::Error),
+    /// The control socketpair could not be created.
+    #[error("cannot create the control channel")]
+    Socketpair(#[source] io::Error),
     /// clone failed.
     #[error("cannot create the {0} device process{1}")]
     Clone(String, &'static str, #[source] nix::Error),
@@ -243,9 +246,10 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Pid, SpawnError> {
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: the child runs `child_main` on `stack`, which is large enough for it, in a copy
-    // of this address space (no CLONE_VM). The launcher is single-threaded here, and the child
-    // only makes raw system calls and reads `plan` (no allocation, no locks) until it execs
-    // or _exits, so nothing it touches can be in an inconsistent state.
+    // of this address space (no CLONE_VM). Other threads of the launcher (control clients) may
+    // hold locks or be mid-allocation at the moment of the copy, but the child only makes raw
+    // system calls and reads `plan` (no allocation, no locks) until it execs or _exits, so
+    // nothing it touches can be in an inconsistent state.
     let pid = unsafe {
         nix::sched::clone(
             Box::new(|| child_main(&plan)),

@@ -1,19 +1,24 @@
-//! `launcher start block`: open everything the device needs in the launcher (image and its
-//! lock, listening socket, control socketpair), start one device process (jailed unless
-//! `--sandbox none`), and supervise it until a signal or its death.
+//! `launcher start`: open everything each device needs in the launcher (image and its lock,
+//! listening socket, compiled seccomp filters), bind the control socket, and hand the devices
+//! to the supervisor, which starts one jailed process per device and keeps them running.
 
 use std::ffi::OsString;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::fs::File;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::block::{self, BlockOptions, BlockSetupError};
-use crate::cli::{BlockArgs, SandboxMode};
+use crate::cli::{BlockArgs, SandboxMode, StartArgs, StartCommand, SupervisorArgs};
+use crate::config::{self, ConfigError};
+use crate::control_socket::{self, ControlSocketError};
 use crate::device::UNJAILED_WARNING;
 use crate::jail::{self, FilterMode};
-use crate::socket::{self, SocketError};
-use crate::spawn::{self, Confinement, SpawnError, SpawnRequest};
-use crate::supervise::{self, DeviceExit, Ending, SuperviseError, Supervised};
+use crate::socket::{self, SocketError, SocketFile};
+use crate::spawn::Confinement;
+use crate::supervise::{self, SuperviseError};
+use crate::supervisor::{self, CrashPolicy, DeviceSpec, SupervisorError};
 
 /// The fd numbers a block device process receives.
 pub const BLOCK_FD_IMAGE: RawFd = 3;
@@ -24,15 +29,29 @@ pub const BLOCK_FD_CONTROL: RawFd = 5;
 /// The compiled seccomp filters' fd in the device (read and closed before the jail).
 pub const BLOCK_FD_SECCOMP: RawFd = 6;
 
-/// Why `launcher start block` failed.
+/// Default of `--max-crashes`.
+pub const DEFAULT_MAX_CRASHES: u32 = 5;
+/// Default of `--crash-window`, in seconds.
+pub const DEFAULT_CRASH_WINDOW: u64 = 30;
+
+/// Why `launcher start` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Supervising failed, or signals could not be blocked.
+    /// Signals could not be blocked.
     #[error(transparent)]
-    Supervise(#[from] SuperviseError),
+    Signals(#[from] SuperviseError),
+    /// The config file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The image cannot be served.
-    #[error(transparent)]
-    Setup(#[from] BlockSetupError),
+    #[error("device {name}: {source}")]
+    Setup {
+        /// The device.
+        name: String,
+        /// The cause.
+        #[source]
+        source: BlockSetupError,
+    },
     /// The seccomp policy does not compile.
     #[error("cannot compile the seccomp policy for the block device")]
     Policy(#[source] jail::FilterError),
@@ -42,55 +61,73 @@ pub enum StartError {
     /// The socket could not be bound.
     #[error(transparent)]
     Socket(#[from] SocketError),
-    /// The control socketpair could not be created.
-    #[error("cannot create the control channel")]
-    Control(#[source] io::Error),
-    /// The device process could not be started.
+    /// The control socket could not be set up.
     #[error(transparent)]
-    Spawn(#[from] SpawnError),
-    /// The device process ended on its own or badly.
-    #[error("device {device} (pid {pid}) {exit}")]
-    DeviceDied {
-        /// The device kind.
-        device: &'static str,
-        /// Its pid.
-        pid: i32,
-        /// How it ended.
-        exit: DeviceExit,
-    },
-    /// A second signal: the device was killed without draining or flushing.
-    #[error("device {0} killed on a second signal without draining or flushing")]
-    Killed(&'static str),
+    ControlSocket(#[from] ControlSocketError),
+    /// Supervising failed, or a device died while starting.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
 }
 
-/// What the launcher does after its device process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterExit {
-    /// Report and exit.
-    Exit,
+/// Runs `launcher start` to the end. `log_filter` is passed on to the devices.
+pub fn start(args: &StartArgs, log_filter: &str) -> Result<(), StartError> {
+    match (&args.device, &args.config) {
+        (Some(StartCommand::Block(b)), _) => start_block(b, log_filter),
+        (None, Some(path)) => start_config(path, &args.supervisor, log_filter),
+        // clap requires one of them.
+        (None, None) => Err(ConfigError::Missing.into()),
+    }
 }
 
-/// Decides what follows a device's death. Restart with backoff belongs to the supervisor
-/// issue and goes here: the image fd (and its lock), the listening socket and the policy are
-/// still held by the launcher, so a new device process can be spawned on them.
-pub fn after_exit(_exit: &DeviceExit) -> AfterExit {
-    AfterExit::Exit
-}
-
-/// Runs `launcher start block` to the end. `log_filter` is passed on to the device.
+/// Runs `launcher start block` to the end: one device under the supervisor.
 pub fn start_block(args: &BlockArgs, log_filter: &str) -> Result<(), StartError> {
-    // Before the device exists, so that no SIGINT, SIGTERM or SIGCHLD is lost.
+    // Before any device or thread exists, so that no SIGINT, SIGTERM or SIGCHLD is lost.
     let signals = supervise::block_signals()?;
+    let policy = crash_policy(&args.supervisor, None, None);
+    let control_path = control_socket::resolve(args.supervisor.control.as_deref(), None)?;
+    let spec = prepare_block(args, log_filter)?;
+    let control = control_socket::bind(&control_path)?;
+    supervisor::run(vec![spec], control, policy, &signals)?;
+    Ok(())
+}
+
+/// Runs `launcher start --config FILE` to the end.
+pub fn start_config(path: &Path, sup: &SupervisorArgs, log_filter: &str) -> Result<(), StartError> {
+    let signals = supervise::block_signals()?;
+    let cfg = config::load(path)?;
+    let policy = crash_policy(sup, cfg.max_crashes, cfg.crash_window);
+    let control_path = control_socket::resolve(sup.control.as_deref(), cfg.control.as_deref())?;
+    let mut specs = Vec::new();
+    for dev in &cfg.devices {
+        specs.push(prepare_block(dev, log_filter)?);
+    }
+    let control = control_socket::bind(&control_path)?;
+    supervisor::run(specs, control, policy, &signals)?;
+    Ok(())
+}
+
+fn crash_policy(sup: &SupervisorArgs, max: Option<u32>, window: Option<u64>) -> CrashPolicy {
+    CrashPolicy {
+        max_crashes: sup.max_crashes.or(max).unwrap_or(DEFAULT_MAX_CRASHES),
+        window: Duration::from_secs(sup.crash_window.or(window).unwrap_or(DEFAULT_CRASH_WINDOW)),
+    }
+}
+
+/// Opens and checks everything one block device needs, and binds its socket.
+pub fn prepare_block(args: &BlockArgs, log_filter: &str) -> Result<DeviceSpec, StartError> {
     let sandbox = &args.sandbox;
     if sandbox.sandbox == SandboxMode::None {
-        tracing::warn!("{UNJAILED_WARNING}");
+        tracing::warn!(device = %args.name, "{UNJAILED_WARNING}");
     }
-
+    let setup = |source| StartError::Setup {
+        name: args.name.clone(),
+        source,
+    };
     let opts = BlockOptions::from(args);
-    let image = block::open_image(&opts)?;
-    block::check(&opts, &image)?;
-    // Compiled here, where the policy directory is readable, and passed to the device in a
-    // sealed memfd: a bad policy fails before anything runs.
+    let image = block::open_image(&opts).map_err(setup)?;
+    block::check(&opts, &image).map_err(setup)?;
+    // Compiled here, where the policy directory is readable, and passed to each device
+    // process in a sealed memfd: a bad policy fails before anything runs.
     let filters = match sandbox.sandbox {
         SandboxMode::Jail => {
             let mode = if sandbox.seccomp.seccomp_log {
@@ -113,7 +150,6 @@ pub fn start_block(args: &BlockArgs, log_filter: &str) -> Result<(), StartError>
         SandboxMode::None => None,
     };
     let (listener, socket) = socket::bind(&args.socket)?;
-    let (control, device_control) = UnixStream::pair().map_err(StartError::Control)?;
 
     let mut dev_args: Vec<OsString> = vec![
         "--log-level".into(),
@@ -148,58 +184,33 @@ pub fn start_block(args: &BlockArgs, log_filter: &str) -> Result<(), StartError>
         SandboxMode::Jail => Confinement::Jail(sandbox.jail_user),
         SandboxMode::None => Confinement::None,
     };
-    let mut fds = vec![
-        (image.as_fd(), BLOCK_FD_IMAGE),
-        (listener.as_fd(), BLOCK_FD_SOCKET),
-        (device_control.as_fd(), BLOCK_FD_CONTROL),
-    ];
-    if let Some(f) = &filters {
-        fds.push((f.as_fd(), BLOCK_FD_SECCOMP));
-    }
-    let pid = spawn::spawn(&SpawnRequest {
-        device: "block",
+    Ok(DeviceSpec {
+        name: args.name.clone(),
+        kind: "block",
+        image_path: args.file.clone(),
+        resources: Resources {
+            image,
+            listener,
+            socket,
+            filters,
+        },
         args: dev_args,
-        fds,
         confinement,
-    })?;
-    drop(device_control);
-    drop(filters);
-    tracing::info!(
-        device = "block",
-        pid = pid.as_raw(),
-        sandbox = sandbox.sandbox.as_str(),
-        jail_user = %format_args!("{}:{}", sandbox.jail_user.uid, sandbox.jail_user.gid),
-        "device process started"
-    );
+        sandbox: sandbox.sandbox,
+        jail_user: sandbox.jail_user,
+    })
+}
 
-    let ending = supervise::supervise(
-        &Supervised {
-            device: "block",
-            pid,
-            control,
-            socket: &socket,
-        },
-        &signals,
-    );
-    socket.remove();
-    // Held until here: the image lock and the listening socket outlive the device process.
-    tracing::debug!(
-        image_fd = image.as_raw_fd(),
-        socket_fd = listener.as_raw_fd(),
-        "releasing the device's resources"
-    );
-    match ending? {
-        Ending::Stopped => {
-            tracing::info!(device = "block", "stopped");
-            Ok(())
-        }
-        Ending::Killed => Err(StartError::Killed("block")),
-        Ending::DeviceDied(exit) => match after_exit(&exit) {
-            AfterExit::Exit => Err(StartError::DeviceDied {
-                device: "block",
-                pid: pid.as_raw(),
-                exit,
-            }),
-        },
-    }
+/// What the launcher holds for a device across its processes: the image (and its lock), the
+/// listening socket and the compiled filters are passed again to every new process.
+#[derive(Debug)]
+pub struct Resources {
+    /// The image.
+    pub image: File,
+    /// The listening vhost-user socket.
+    pub listener: UnixListener,
+    /// Its file, removed when the launcher exits.
+    pub socket: SocketFile,
+    /// The compiled filters in a sealed memfd (jailed devices).
+    pub filters: Option<OwnedFd>,
 }

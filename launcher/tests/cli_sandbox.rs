@@ -1,6 +1,6 @@
 //! The process model and sandbox options as the operator sees them: the device runs in its
 //! own process, `--sandbox none` warns loudly, bad sandbox options are refused before anything
-//! starts, and a device that dies is reported with how it died.
+//! starts, and a device that dies is reported with how it died (and restarted).
 
 mod common;
 
@@ -89,7 +89,7 @@ fn a_policy_directory_without_the_policy_fails_before_anything_starts() {
 }
 
 #[test]
-fn a_device_killed_from_outside_is_reported_and_the_socket_removed() {
+fn a_device_killed_from_outside_is_reported_and_restarted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = sparse_image(dir.path(), "disk.img", 1 << 20);
     let socket = dir.path().join("blk.sock");
@@ -97,13 +97,19 @@ fn a_device_killed_from_outside_is_reported_and_the_socket_removed() {
     let pid = device_pid(&mut r);
     // As pid 1 of its namespace the device ignores every other signal from outside.
     kill(pid, Signal::SIGKILL).expect("kill the device");
-    let status = r.wait_exit(Duration::from_secs(10));
-    let stderr = r.drain_stderr();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("device block (pid {pid}) was killed by SIGKILL")),
-        "{stderr}"
-    );
+    let line = r
+        .wait_for(
+            &format!("device block (pid {pid}) was killed by SIGKILL"),
+            READY_TIMEOUT,
+        )
+        .expect("the death is reported");
+    assert!(line.contains("block0"), "{line}");
+    // A new process on the same socket.
+    r.wait_for("restarting after a crash", READY_TIMEOUT)
+        .expect("a restart is scheduled");
+    r.wait_for(&format!("listening on {}", socket.display()), READY_TIMEOUT)
+        .expect("the new device process is ready");
+    let stderr = r.stop_with(Signal::SIGTERM);
     assert!(!socket.exists(), "socket left behind:\n{stderr}");
 }
 

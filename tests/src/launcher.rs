@@ -13,6 +13,32 @@ use crate::guest::workspace_root;
 /// Environment variable naming the launcher binary to use.
 pub const LAUNCHER_ENV: &str = "VU_LAUNCHER";
 
+/// Environment variable naming the control socket of `launcher start` and `launcher ctl`.
+pub const CONTROL_ENV: &str = "VU_LAUNCHER_CONTROL";
+
+/// A fresh control socket path in the temporary directory: every launcher started by
+/// [`Launcher::try_spawn`] gets one (unless its arguments name one with `--control`), so that
+/// launchers of parallel tests do not compete for the default control socket.
+pub fn unique_control_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vu-ctl-{}-{n}.sock", std::process::id()))
+}
+
+/// Runs `launcher ctl --control CONTROL ARGS...` to completion.
+pub fn ctl(control: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let bin = launcher_bin()?;
+    Command::new(&bin)
+        .arg("ctl")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} ctl", bin.display()))
+}
+
 /// Finds the launcher binary: `$VU_LAUNCHER`, else next to the running test binary's target
 /// directory (`target/<profile>/launcher`), else `target/debug/launcher`.
 pub fn launcher_bin() -> Result<PathBuf> {
@@ -88,6 +114,7 @@ pub struct Launcher {
     child: Child,
     log: Arc<(Mutex<Log>, Condvar)>,
     socket: PathBuf,
+    control: PathBuf,
 }
 
 impl std::fmt::Debug for Launcher {
@@ -131,8 +158,16 @@ impl Launcher {
     /// that exits first (a refused start, a device that died) is not an error here.
     pub fn try_spawn(args: &[String], socket: &Path) -> Result<Spawned> {
         let bin = launcher_bin()?;
+        // A control socket of its own, unless the arguments name one.
+        let control = args
+            .iter()
+            .position(|a| a == "--control")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(unique_control_path);
         let mut child = Command::new(&bin)
             .args(args)
+            .env(CONTROL_ENV, &control)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -161,6 +196,7 @@ impl Launcher {
             child,
             log,
             socket: socket.to_path_buf(),
+            control,
         };
         match l.wait_for_line("listening on", READY_TIMEOUT) {
             Ok(_) => Ok(Spawned::Ready(l)),
@@ -193,7 +229,51 @@ impl Launcher {
             .context("the launcher has no device process")
     }
 
-    /// Waits until a stderr line contains `needle`.
+    /// Its control socket.
+    pub fn control(&self) -> &Path {
+        &self.control
+    }
+
+    /// Runs `launcher ctl ARGS...` against this launcher.
+    pub fn ctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        ctl(&self.control, args)
+    }
+
+    /// How many stderr lines so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        let (m, _) = &*self.log;
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until at least `n` stderr lines contain `needle`.
+    pub fn wait_for_nth_line(&self, needle: &str, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return Ok(());
+            }
+            if g.closed {
+                bail!("launcher exited before printing {needle:?} {n} times");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("timed out waiting for {needle:?} {n} times");
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until at least one stderr line contains `needle`.
     pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.log;

@@ -74,8 +74,9 @@ fn a_jailed_device_shows_its_jail_in_proc() -> Result<()> {
     // pid 1 of its own pid namespace.
     let nspid = status_field(&st, "NSpid")?;
     ensure!(nspid == format!("{pid}\t1"), "NSpid is {nspid:?}");
-    // No thread but the main one and the signal thread before a front-end connects.
-    ensure!(status_field(&st, "Threads")? == "2", "threads:\n{st}");
+    // No thread but the main one, the signal thread and the control thread (the supervisor's
+    // requests) before a front-end connects.
+    ensure!(status_field(&st, "Threads")? == "3", "threads:\n{st}");
 
     // Its root is the empty tmpfs, and the only mount it has: read-only, nodev, nosuid, noexec.
     let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))?.collect();

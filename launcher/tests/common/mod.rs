@@ -17,11 +17,22 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a launcher may take to exit after SIGTERM/SIGINT.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A launcher command with a predictable environment (no inherited RUST_LOG).
+/// A launcher command with a predictable environment (no inherited RUST_LOG) and a control
+/// socket of its own (`VU_LAUNCHER_CONTROL`), so that launchers of parallel tests do not
+/// compete for the default one.
 pub fn launcher() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_launcher"));
-    c.env_remove("RUST_LOG").stdin(Stdio::null());
+    c.env_remove("RUST_LOG")
+        .env("VU_LAUNCHER_CONTROL", unique_control_path())
+        .stdin(Stdio::null());
     c
+}
+
+/// A fresh control socket path in the temporary directory.
+pub fn unique_control_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vu-ctl-{}-{n}.sock", std::process::id()))
 }
 
 /// `launcher start block --socket SOCKET --file IMAGE EXTRA...`
@@ -214,4 +225,68 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `launcher ctl --control CONTROL ARGS...`, run to completion.
+pub fn ctl(control: &Path, args: &[&str]) -> Output {
+    launcher()
+        .arg("ctl")
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .expect("run launcher ctl")
+}
+
+/// `ctl` that must succeed; returns its stdout.
+pub fn ctl_ok(control: &Path, args: &[&str]) -> String {
+    let out = ctl(control, args);
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `ctl --json ARGS...` parsed.
+pub fn ctl_json(control: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ctl_ok(control, &a)).expect("ctl --json prints JSON")
+}
+
+/// Polls `ctl status DEV --json` until `pred` holds; returns that status.
+pub fn wait_status(
+    control: &Path,
+    dev: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = ctl_json(control, &["status", dev]);
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never matched; last: {st}"
+        );
+        // The supervisor has no event stream to wait on; poll its status.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A launcher serving one block device named `name` with its control socket in `dir`.
+pub fn start_supervised(dir: &Path, name: &str, extra: &[&str]) -> (Running, PathBuf, PathBuf) {
+    let image = sparse_image(dir, &format!("{name}.img"), 4 << 20);
+    let socket = dir.join(format!("{name}.sock"));
+    let control = dir.join("control.sock");
+    let mut cmd = start_block(&socket, &image, &["--name", name, "--control"]);
+    cmd.arg(&control).args(extra);
+    let r = Running::start(cmd, &socket);
+    (r, socket, control)
 }
