@@ -6,4 +6,5 @@ pub mod e2e;
 pub mod frontend;
 pub mod guest;
 pub mod launcher;
+pub mod supervisor;
 pub mod test_device;
