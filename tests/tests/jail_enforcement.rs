@@ -107,3 +107,66 @@ fn seccomp_log_mode_logs_instead_of_killing() -> Result<()> {
     ensure!(st.success(), "launcher exited with {st}");
     Ok(())
 }
+
+/// Under one supervisor: a running device that makes a forbidden call dies by SIGSYS, the
+/// supervisor names it and the reason and starts a new one; its neighbour keeps its process
+/// and keeps serving.
+#[test]
+fn a_seccomp_kill_under_the_supervisor_spares_the_other_device() -> Result<()> {
+    use vu_tests::supervisor::{Ctl, DevStatus};
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("devices.toml");
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    std::fs::write(
+        &config,
+        format!(
+            "[[device]]\nname = \"calm\"\nkind = \"block\"\nsocket = \"{}\"\nfile = \"{}\"\n\n\
+             [[device]]\nname = \"doomed\"\nkind = \"block\"\nsocket = \"{}\"\nfile = \"{}\"\n",
+            sock("calm").display(),
+            image(dir.path(), "calm.img")?.display(),
+            sock("doomed").display(),
+            image(dir.path(), "doomed.img")?.display(),
+        ),
+    )?;
+    let launcher = Launcher::spawn(
+        &[
+            "start".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        &sock("calm"),
+    )?;
+    let ctl = Ctl::new(launcher.control());
+    let timeout = Duration::from_secs(60);
+    let calm = ctl.wait_status("calm", "running", timeout, |s| {
+        s.pid.is_some() && s.state == "running"
+    })?;
+    let doomed = ctl.wait_status("doomed", "running", timeout, |s| {
+        s.pid.is_some() && s.state == "running"
+    })?;
+    // The device dies while answering, so the reply may be an error: what matters is what
+    // the supervisor does next.
+    ctl.run(&["test-trigger", "doomed", "forbidden-syscall"])?;
+    let line = launcher.wait_for_line("seccomp violation", timeout)?;
+    ensure!(
+        line.contains("doomed") && line.contains("SIGSYS"),
+        "report does not name the device and signal: {line}"
+    );
+    let respawned = ctl.wait_status("doomed", "respawned", timeout, |s: &DevStatus| {
+        s.pid.is_some() && s.pid != doomed.pid && s.state == "running"
+    })?;
+    ensure!(
+        respawned.pid != doomed.pid,
+        "the doomed device kept its process"
+    );
+    let after = ctl.status("calm")?;
+    ensure!(
+        after.pid == calm.pid && after.state == "running",
+        "the other device was disturbed: {after:?}"
+    );
+    // The neighbour still accepts a front-end.
+    UnixStream::connect(sock("calm"))?;
+    let st = launcher.terminate()?;
+    ensure!(st.success(), "launcher exited with {st}");
+    Ok(())
+}
