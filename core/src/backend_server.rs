@@ -98,6 +98,15 @@ impl BackendServer {
         })
     }
 
+    /// Sets the queue workers' busy-poll budget (`Handler::set_poll_us`; 0: off).
+    pub fn with_poll_us(self, us: u32) -> Self {
+        self.handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_poll_us(us);
+        self
+    }
+
     /// The shared handler (for the control plane: sleep, wake, snapshot, status).
     pub fn handler(&self) -> Arc<Mutex<Handler>> {
         self.handler.clone()

@@ -49,6 +49,12 @@ pub trait QueueHandler: Send {
     /// `q.complete()`.
     fn process(&mut self, q: &mut QueueIo) -> Progress;
 
+    /// Called while the worker busy-polls (`--poll-us`): pick up finished device work
+    /// without blocking, complete it, and return true if anything was completed.
+    fn poll(&mut self, _q: &mut QueueIo) -> bool {
+        false
+    }
+
     /// `event_fds()[index]` became readable.
     fn handle_event(&mut self, _index: usize, _q: &mut QueueIo) {}
 

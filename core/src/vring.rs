@@ -7,9 +7,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -150,6 +154,9 @@ pub struct QueueIo {
     drained: bool,
     broken: bool,
     chain_errors: bool,
+    /// Host address of the used ring's element array in `mem`, translated once per memory
+    /// snapshot (reset when `mem` changes; `None` until the first `push_used` needs it).
+    used_host: Option<usize>,
     log: Arc<DirtyLog>,
     shared: Arc<VringShared>,
 }
@@ -224,6 +231,7 @@ impl QueueIo {
             drained: false,
             broken: false,
             chain_errors: false,
+            used_host: None,
             log,
             shared,
         })
@@ -266,7 +274,13 @@ impl QueueIo {
 
     /// Loads the current guest memory snapshot.
     pub fn refresh_memory(&mut self) {
-        self.mem = self.mem_atomic.memory().into_inner();
+        let mem = self.mem_atomic.memory().into_inner();
+        if !Arc::ptr_eq(&mem, &self.mem) {
+            // Compared while the old snapshot is still alive, so a new one at the same
+            // address cannot be mistaken for it.
+            self.used_host = None;
+        }
+        self.mem = mem;
     }
 
     /// Takes the next request. Malformed chains are completed with length 0 here and never
@@ -334,6 +348,24 @@ impl QueueIo {
                     self.push_used(head, 0);
                 }
             }
+        }
+    }
+
+    /// Whether `pop` would find something: a request to resubmit, or an available index
+    /// ahead of ours (a cheap check for busy polling).
+    fn avail_pending(&self) -> bool {
+        if !self.resubmit.is_empty() {
+            return true;
+        }
+        if self.broken {
+            return false;
+        }
+        match self
+            .mem
+            .load::<u16>(GuestAddress(self.avail_ring + 2), Ordering::Acquire)
+        {
+            Ok(idx) => u16::from_le(idx) != self.queue.next_avail(),
+            Err(_) => false,
         }
     }
 
@@ -426,13 +458,43 @@ impl QueueIo {
         self.push_used(head, len);
     }
 
+    /// The host address of the used ring's element array (`size` elements of 8 bytes) in the
+    /// current snapshot, if the whole array lies in one region.
+    fn used_elems_host(&mut self) -> Option<usize> {
+        if self.used_host.is_none() {
+            let start = GuestAddress(self.used_ring.checked_add(4)?);
+            let len = 8 * u64::from(self.size);
+            let region = self.mem.find_region(start)?;
+            let off = start.0 - region.start_addr().0;
+            if off.checked_add(len)? > region.len() {
+                return None;
+            }
+            let host = region.get_host_address(MemoryRegionAddress(off)).ok()? as usize;
+            self.used_host = Some(host);
+        }
+        self.used_host
+    }
+
     fn push_used(&mut self, head: u16, len: u32) {
         let pos = (self.next_used.0 % self.size) as u64;
         let addr = GuestAddress(self.used_ring + 4 + pos * 8);
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        if self.mem.write_slice(&elem, addr).is_err() {
+        // While dirty logging is active the write goes through vm-memory, which marks it.
+        let host = if self.log.is_active() {
+            None
+        } else {
+            self.used_elems_host()
+        };
+        if let Some(h) = host {
+            // SAFETY: `used_elems_host` checked that the `size` 8-byte elements starting at
+            // `h` lie inside one mapped region of `self.mem`, the snapshot this address was
+            // translated in (it is reset whenever `mem` changes), and `self.mem` keeps that
+            // mapping alive; `pos < size`. The driver shares the memory, hence a volatile
+            // store of a byte array (alignment 1).
+            unsafe { std::ptr::write_volatile((h + pos as usize * 8) as *mut [u8; 8], elem) };
+        } else if self.mem.write_slice(&elem, addr).is_err() {
             warn_ratelimited!(queue = self.index, "used ring is not writable");
             return;
         }
@@ -545,12 +607,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker thread for `io`, woken by `kick`.
+    /// Starts a worker thread for `io`, woken by `kick`. With `poll_us` > 0 it busy-polls
+    /// for that long after running out of work before it sleeps.
     pub fn spawn(
         io: QueueIo,
         handler: Box<dyn QueueHandler>,
         kick: EventFd,
         device: &str,
+        poll_us: u32,
     ) -> Result<Self, VringError> {
         let ctl = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VringError::Worker)?);
         let cmds = Arc::new(Mutex::new(VecDeque::new()));
@@ -571,7 +635,7 @@ impl Worker {
         let (c2, q2) = (ctl.clone(), cmds.clone());
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(io, handler, kick, epoll, c2, q2))
+            .spawn(move || run(io, handler, kick, epoll, c2, q2, poll_us))
             .map_err(VringError::Worker)?;
         Ok(Worker {
             ctl,
@@ -641,6 +705,50 @@ fn process(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
     }
 }
 
+/// Busy-polls the available ring and the device for up to `budget` after the last work
+/// found, with driver notifications suppressed (NO_NOTIFY; with EVENT_IDX the avail event is
+/// left behind, so the driver kicks at most once), then re-enables them and looks once
+/// more, so that a request made available just before the enable is not missed. Stops
+/// early when a command is waiting.
+fn poll_queue(
+    io: &mut QueueIo,
+    handler: &mut dyn QueueHandler,
+    cmds: &Mutex<VecDeque<Command>>,
+    budget: Duration,
+) {
+    if !io.shared.enabled.load(Ordering::Acquire) || io.is_broken() {
+        return;
+    }
+    io.disable_notification();
+    let mut busy = false;
+    let mut since = Instant::now();
+    loop {
+        let mut worked = handler.poll(io);
+        if worked {
+            busy = false;
+        }
+        if !busy && io.avail_pending() {
+            io.refresh_memory();
+            busy = handler.process(io) == Progress::Busy;
+            worked = true;
+        }
+        if worked {
+            io.flush();
+            since = Instant::now();
+        } else if since.elapsed() >= budget {
+            break;
+        }
+        if cmds.try_lock().is_ok_and(|q| !q.is_empty()) {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    if io.enable_notification() && !busy {
+        process(io, handler);
+    }
+    io.flush();
+}
+
 fn quiesce(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
     handler.drain(io);
     io.flush();
@@ -659,14 +767,19 @@ fn run(
     epoll: Epoll,
     ctl: Arc<EventFd>,
     cmds: Arc<Mutex<VecDeque<Command>>>,
+    poll_us: u32,
 ) -> QueueIo {
     let mut events = vec![EpollEvent::default(); 8];
     let mut asleep = false;
+    let poll = Duration::from_micros(u64::from(poll_us));
     if !io.resubmit.is_empty() || io.shared.enabled.load(Ordering::Acquire) {
         process(&mut io, handler.as_mut());
         io.flush();
     }
     loop {
+        if poll_us > 0 && !asleep {
+            poll_queue(&mut io, handler.as_mut(), &cmds, poll);
+        }
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,

@@ -34,6 +34,8 @@ pub struct BlockOptions {
     pub engine: Engine,
     /// Start with a write-back cache (false: write-through).
     pub writeback: bool,
+    /// Bounded queue polling in microseconds (0: off).
+    pub poll_us: u32,
 }
 
 impl From<&BlockArgs> for BlockOptions {
@@ -58,6 +60,7 @@ impl BlockOptions {
                 EngineArg::Sync => Engine::Sync,
             },
             writeback: !a.writethrough,
+            poll_us: a.poll_us,
         }
     }
 }
@@ -208,6 +211,7 @@ pub fn build(opts: &BlockOptions, file: File) -> Result<Prepared, BlockSetupErro
     Ok(Prepared {
         device,
         flush: Box::new(move || flusher.flush()),
+        poll_us: opts.poll_us,
     })
 }
 
@@ -244,6 +248,7 @@ mod tests {
             logical_block_size: 512,
             engine: Engine::Sync,
             writeback: true,
+            poll_us: 0,
         }
     }
 

@@ -159,7 +159,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 }
 
 const DEVICE_KEYS: &str = "name, kind, socket, file, read_only, direct, num_queues, queue_size, \
-    serial, logical_block_size, engine, writethrough, sandbox, jail_user";
+    serial, logical_block_size, engine, writethrough, poll_us, sandbox, jail_user";
 
 fn device(path: &Path, index: usize, t: &Table) -> Result<BlockArgs, ConfigError> {
     let mut label = format!("#{}", index + 1);
@@ -202,6 +202,7 @@ fn device(path: &Path, index: usize, t: &Table) -> Result<BlockArgs, ConfigError
         logical_block_size: LogicalBlockSize::B512,
         engine: EngineArg::IoUring,
         writethrough: false,
+        poll_us: 0,
     };
     let mut sandbox = SandboxArgs {
         sandbox: SandboxMode::Jail,
@@ -218,6 +219,7 @@ fn device(path: &Path, index: usize, t: &Table) -> Result<BlockArgs, ConfigError
             "read_only" => device.read_only = boolean(v).map_err(|m| e(k, m))?,
             "direct" => device.direct = boolean(v).map_err(|m| e(k, m))?,
             "writethrough" => device.writethrough = boolean(v).map_err(|m| e(k, m))?,
+            "poll_us" => device.poll_us = int_in(v, 0, 1_000_000).map_err(|m| e(k, m))? as u32,
             "num_queues" => {
                 device.num_queues =
                     int_in(v, 1, i64::from(MAX_NUM_QUEUES)).map_err(|m| e(k, m))? as u16

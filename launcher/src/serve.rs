@@ -27,6 +27,8 @@ pub struct Prepared {
     pub device: Arc<dyn VhostUserDevice>,
     /// Makes everything the device wrote durable (called once serving has stopped).
     pub flush: Box<dyn Fn() -> io::Result<()> + Send>,
+    /// Bounded queue polling, in microseconds (0: off).
+    pub poll_us: u32,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -86,7 +88,9 @@ pub fn run(
     extra: ExtraRequests,
     signals: SigSet,
 ) -> Result<(), ServeError> {
-    let server = BackendServer::new(prepared.device, listener).map_err(ServeError::Server)?;
+    let server = BackendServer::new(prepared.device, listener)
+        .map_err(ServeError::Server)?
+        .with_poll_us(prepared.poll_us);
 
     let shutdown = server.shutdown_handle();
     std::thread::Builder::new()

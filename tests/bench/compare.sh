@@ -14,6 +14,13 @@
 #   --queues LIST      queue counts (default 1,2)
 #   --with-sync        add a third server to every cell: ours with --engine sync (preadv and
 #                      pwritev on the queue thread); reported apart, not part of the bars
+#   --base DIR         add a server: ours run from DIR/launcher (a build of the baseline tree),
+#                      for before/after A/B in the same run; reported apart as ours-base
+#   --poll-us LIST     add servers: our block device served unjailed by `vu-bench serve-block
+#                      --poll-us N` for each N in LIST (e.g. 0,50), reported apart as ours-pollN
+#   --guest            add the secondary table: fio inside a TCG guest (tests/src/guest.rs image in
+#                      .cache/guest, 1 vCPU) against ours and qsd, 4k randread QD32 and 128k
+#                      read QD8, 1 queue, on the first storage, once per round
 #   --pin              pin servers to CPU 1 and vu-bench and fio to CPU 0 (the same for both)
 #   --profile          also profile both servers (perf, software cpu-clock sampling) during
 #                      4k randread QD32 on tmpfs and add the top symbols to the report
@@ -54,6 +61,9 @@ storages=tmpfs,disk
 queue_list=1,2
 pin=0
 with_sync=0
+guest=0
+base_dir=""
+poll_list=""
 profile=0
 build=1
 out="$root/BENCHMARKS.md"
@@ -81,6 +91,9 @@ while [ $# -gt 0 ]; do
         --queues) queue_list=$2; shift ;;
         --pin) pin=1 ;;
         --with-sync) with_sync=1 ;;
+        --guest) guest=1 ;;
+        --base) base_dir=$2; shift ;;
+        --poll-us) poll_list=$2; shift ;;
         --profile) profile=1 ;;
         --no-build) build=0 ;;
         --out) out=$2; shift ;;
@@ -161,12 +174,18 @@ done
 start_server() { # server storage queues socket
     local server=$1 st=$2 nq=$3 sock=$4 img=${image[$2]} logf="$work/server.log"
     rm -f "$sock"
-    if [ "$server" != qsd ]; then
-        local direct=() engine=io_uring
+    if [[ "$server" == ours-poll* ]]; then
+        local direct=()
+        [ "$st" = disk ] && direct=(--direct)
+        "${srv_pin[@]}" "$vubench" serve-block --socket "$sock" --file "$img" \
+            --num-queues "$nq" --poll-us "${server#ours-poll}" "${direct[@]}" >"$logf" 2>&1 &
+    elif [ "$server" != qsd ]; then
+        local direct=() engine=io_uring bin=$launcher
         [ "$st" = disk ] && direct=(--direct)
         [ "$server" = ours-sync ] && engine=sync
+        [ "$server" = ours-base ] && bin=$base_dir/launcher
         # shellcheck disable=SC2086
-        "${srv_pin[@]}" "$launcher" start block --socket "$sock" --file "$img" \
+        "${srv_pin[@]}" "$bin" start block --socket "$sock" --file "$img" \
             --num-queues "$nq" --engine "$engine" "${direct[@]}" $OURS_EXTRA >"$logf" 2>&1 &
     else
         local cache=off aio=threads
@@ -272,6 +291,8 @@ for r in $(seq 1 "$rounds"); do
             for wl in "${workloads[@]}"; do
                 if [ $(((cell + r) % 2)) = 0 ]; then order="ours qsd"; else order="qsd ours"; fi
                 [ "$with_sync" = 1 ] && order="$order ours-sync"
+                [ -n "$base_dir" ] && order="$order ours-base"
+                for p in ${poll_list//,/ }; do order="$order ours-poll$p"; done
                 for server in $order; do
                     run_cell "$r" "$st" "$nq" "$wl" "$server"
                 done
@@ -284,6 +305,28 @@ for r in $(seq 1 "$rounds"); do
             done
         done
     done
+    # Secondary table: fio in a TCG guest (the guest CPU is the bottleneck).
+    if [ "$guest" = 1 ]; then
+        gst=${storages%%,*}
+        for gwl in "randread 4k 32" "read 128k 8"; do
+            read -r grw gbs gqd <<<"$gwl"
+            if [ $(((cell + r) % 2)) = 0 ]; then order="ours qsd"; else order="qsd ours"; fi
+            cell=$((cell + 1))
+            for server in $order; do
+                start_server "$server" "$gst" 1 "$sockdir/$server.sock"
+                if json=$("$vubench" guest-fio --socket "$sockdir/$server.sock" --rw "$grw" \
+                    --bs "$gbs" --iodepth "$gqd" --runtime "$fio_runtime" \
+                    --server-pid "$server_pid" --label "guest/$server/$gst/$grw-$gbs-qd$gqd/r$r"); then
+                    printf '{"kind":"guest","round":%d,"storage":"%s","workload":"%s-%s-qd%s","server":"%s","result":%s}\n' \
+                        "$r" "$gst" "$grw" "$gbs" "$gqd" "$server" "$json" >>"$results"
+                    log "guest fio $server $gst $grw $gbs QD$gqd: $json"
+                else
+                    log "guest fio against $server failed (is the guest image in .cache/guest?)"
+                fi
+                stop_server
+            done
+        done
+    fi
     # The load generator's own ceiling: the in-process null device.
     for qd in 1 32; do
         json=$("${cli_pin[@]}" "$vubench" --null --rw randread --bs 4k --iodepth "$qd" \

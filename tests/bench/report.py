@@ -26,6 +26,18 @@ STORAGE_TEXT = {
 }
 
 
+def extra_text(name):
+    if name == "ours-sync":
+        return "ours with `--engine sync` (preadv/pwritev on the queue thread, one request at a time per queue)"
+    if name == "ours-base":
+        return "ours built from the baseline tree given to `compare.sh --base` (the before of an A/B)"
+    if name.startswith("ours-poll"):
+        us = name[len("ours-poll"):]
+        return (f"our block device served unjailed by `vu-bench serve-block --poll-us {us}` "
+                "(queue workers busy-poll before sleeping)")
+    return "an extra server"
+
+
 def sh(cmd):
     try:
         return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -70,6 +82,7 @@ def fio_side(j):
 
 class Data:
     def __init__(self, rows):
+        self.rows = rows
         self.bench = defaultdict(list)  # (storage, queues, workload, server) -> [(round, result)]
         self.fio = defaultdict(list)  # (storage, workload, engine) -> [(round, side, job)]
         self.null = defaultdict(list)  # workload -> [result]
@@ -248,6 +261,17 @@ def write(d, meta, work, out):
     w(f"fio --name=ceiling --filename=IMG --rw=... --bs=... --iodepth=... --ioengine=psync|io_uring "
       f"--direct=0|1 --runtime={meta.get('fio_runtime')} --time_based --size={meta.get('image_size')} "
       "--invalidate=0 --output-format=json")
+    servers = {k[3] for k in d.bench}
+    if "ours-base" in servers:
+        w("# extra: ours-base (--base DIR), the same command with DIR/launcher")
+    for srv in sorted(x for x in servers if x.startswith("ours-poll")):
+        w(f"# extra: {srv}, unjailed, this tree")
+        w(f"target/release/vu-bench serve-block --socket S --file IMG --num-queues N "
+          f"--poll-us {srv[len('ours-poll'):]} [--direct]")
+    if any(r["kind"] == "guest" for r in d.rows):
+        w("# secondary (--guest): a TCG guest per cell, fio inside on /dev/vda")
+        w(f"target/release/vu-bench guest-fio --socket S --rw randread|read --bs 4k|128k --iodepth 32|8 "
+          f"--runtime {meta.get('fio_runtime')} --server-pid PID")
     w("```\n")
 
     for st in d.storages:
@@ -268,22 +292,27 @@ def write(d, meta, work, out):
                   f"| {v('ours', 'iops_per_server_cpu_s')} | {v('qsd', 'iops_per_server_cpu_s')} | {ratio_text(*r_eff)} "
                   f"| {v('ours', 'mib_s', 1)} | {v('qsd', 'mib_s', 1)} |")
         w("")
-        if any(k[0] == st and k[3] == "ours-sync" for k in d.bench):
-            w("Extra, not part of the bars: ours with `--engine sync` (preadv/pwritev on the queue thread, "
-              "one request at a time per queue), measured in the same cells:\n")
-            w("| workload | queues | IOPS | p50 us | IOPS per server CPU-s | IOPS vs qsd | IOPS vs ours io_uring | IOPS/CPU-s vs qsd |")
-            w("|---|---|---|---|---|---|---|---|")
+        extras = sorted({k[3] for k in d.bench if k[0] == st and k[3] not in ("ours", "qsd")})
+        for extra in extras:
+            w(f"Extra, not part of the bars: `{extra}`, {extra_text(extra)}, measured in the same cells "
+              "(server CPU: CPU-seconds per second of run):\n")
+            w("| workload | queues | IOPS | p50 us | IOPS per server CPU-s | server CPU | IOPS vs qsd | IOPS vs ours "
+              "| p50 vs ours | IOPS/CPU-s vs qsd | IOPS/CPU-s vs ours |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|")
             for wl in WORKLOADS:
                 for q in d.queues:
-                    xs = d.values(st, q, wl, "ours-sync", "iops")
+                    xs = d.values(st, q, wl, extra, "iops")
                     if not xs:
                         continue
-                    def vs(other, key):
-                        a, b = d.values(st, q, wl, "ours-sync", key), d.values(st, q, wl, other, key)
+                    def vs(other, key, extra=extra, q=q, wl=wl):
+                        a, b = d.values(st, q, wl, extra, key), d.values(st, q, wl, other, key)
                         return f"{med(a) / med(b):.2f}x" if a and b and med(b) else "-"
-                    w(f"| {wl} | {q} | {spread(xs)} | {spread(d.values(st, q, wl, 'ours-sync', 'lat_p50_us'), 1)} "
-                      f"| {spread(d.values(st, q, wl, 'ours-sync', 'iops_per_server_cpu_s'))} "
-                      f"| {vs('qsd', 'iops')} | {vs('ours', 'iops')} | {vs('qsd', 'iops_per_server_cpu_s')} |")
+                    cpu = [res["server_cpu_s"] / res["elapsed_s"] for _, res in d.bench[(st, q, wl, extra)]
+                           if res.get("server_cpu_s") is not None and res.get("elapsed_s")]
+                    w(f"| {wl} | {q} | {spread(xs)} | {spread(d.values(st, q, wl, extra, 'lat_p50_us'), 1)} "
+                      f"| {spread(d.values(st, q, wl, extra, 'iops_per_server_cpu_s'))} | {spread(cpu, 2)} "
+                      f"| {vs('qsd', 'iops')} | {vs('ours', 'iops')} | {vs('ours', 'lat_p50_us')} "
+                      f"| {vs('qsd', 'iops_per_server_cpu_s')} | {vs('ours', 'iops_per_server_cpu_s')} |")
             w("")
         w(f"Host ceiling on the same file (fio, one job; psync ignores the queue depth):\n")
         w("| workload | psync IOPS | psync MiB/s | psync p50 us | io_uring IOPS | io_uring MiB/s | io_uring p50 us | fio CPU-s per s (psync / io_uring) |")
@@ -297,10 +326,34 @@ def write(d, meta, work, out):
               f"| {f('psync', 'cpu', 2)} / {f('io_uring', 'cpu', 2)} |")
         w("")
 
+    guest = defaultdict(list)  # (storage, workload, server) -> [result]
+    for row in d.rows:
+        if row["kind"] == "guest":
+            guest[(row["storage"], row["workload"], row["server"])].append(row["result"])
+    if guest:
+        w("## Secondary: fio in a TCG guest\n")
+        w("`compare.sh --guest`: a fresh QEMU 7.2 TCG guest (1 vCPU, 512 MiB, the image of "
+          "`tests/src/guest.rs`) per cell runs `fio --direct=1 --ioengine=libaio` on its vhost-user-blk "
+          "disk (1 queue, QEMU's queue size) served by each server. The guest CPU is the bottleneck "
+          "under TCG, so this shows what a guest sees, not what a backend can do.\n")
+        w("| storage | workload | IOPS ours | IOPS qsd | ours/qsd | MiB/s ours | MiB/s qsd "
+          "| clat p50 us ours | qsd | server CPU-s per s ours | qsd |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for (st, wl) in sorted({(k[0], k[1]) for k in guest}):
+            o, q = guest.get((st, wl, "ours"), []), guest.get((st, wl, "qsd"), [])
+            g = lambda lst, key: [x[key] for x in lst if x.get(key) is not None]  # noqa: E731
+            c = lambda lst: [x["server_cpu_s"] / x["elapsed_s"] for x in lst if x.get("elapsed_s")]  # noqa: E731
+            ratio = f"{med(g(o, 'iops')) / med(g(q, 'iops')):.2f}x" if g(o, "iops") and g(q, "iops") else "-"
+            w(f"| {st} | {wl} | {spread(g(o, 'iops'))} | {spread(g(q, 'iops'))} | {ratio} "
+              f"| {spread(g(o, 'mib_s'), 1)} | {spread(g(q, 'mib_s'), 1)} "
+              f"| {spread(g(o, 'clat_p50_us'), 1)} | {spread(g(q, 'clat_p50_us'), 1)} "
+              f"| {spread(c(o), 2)} | {spread(c(q), 2)} |")
+        w("")
+
     w("## Memory\n")
     w("| server | device process RssAnon idle KiB | at the end of a run KiB | whole server tree idle KiB |")
     w("|---|---|---|---|")
-    for srv in [x for x in ["ours", "qsd", "ours-sync"] if any(k[3] == x for k in d.bench)]:
+    for srv in [x for x in ["ours", "qsd"] + sorted({k[3] for k in d.bench} - {"ours", "qsd"}) if any(k[3] == x for k in d.bench)]:
         vals = lambda key: [res[key] for k, lst in d.bench.items() if k[3] == srv  # noqa: E731
                             for _, res in lst if res.get(key) is not None]
         w(f"| {srv} | {spread(vals('device_rss_anon_idle_kib'))} | {spread(vals('device_rss_anon_end_kib'))} "

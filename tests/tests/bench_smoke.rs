@@ -50,8 +50,11 @@ fn null_device() {
     }
 }
 
-fn block_server(engine: Engine, queues: u16) -> LocalServer {
-    let file = tempfile::tempfile().expect("tempfile");
+fn block_server(engine: Engine, queues: u16, dir: Option<&str>, poll_us: u32) -> LocalServer {
+    let file = match dir {
+        Some(d) => tempfile::tempfile_in(d).expect("tempfile"),
+        None => tempfile::tempfile().expect("tempfile"),
+    };
     file.set_len(DISK).expect("size the image");
     let dev = BlockDevice::new(BlockConfig {
         file,
@@ -65,11 +68,15 @@ fn block_server(engine: Engine, queues: u16) -> LocalServer {
         writeback: true,
     })
     .expect("block device");
-    LocalServer::start(dev as Arc<_>).expect("serve the block device")
+    LocalServer::start_with_poll_us(dev as Arc<_>, poll_us).expect("serve the block device")
 }
 
 fn write_then_read(engine: Engine) {
-    let server = block_server(engine, 2);
+    write_then_read_with(engine, None, 0);
+}
+
+fn write_then_read_with(engine: Engine, dir: Option<&str>, poll_us: u32) {
+    let server = block_server(engine, 2, dir, poll_us);
     let bs = 16 << 10;
     let blocks = DISK / bs;
     let base = Config {
@@ -132,6 +139,22 @@ fn block_device_io_uring() {
 #[test]
 fn block_device_sync() {
     write_then_read(Engine::Sync);
+}
+
+/// A buffered image on tmpfs: no RWF_NOWAIT there, so the io_uring engine runs reads and
+/// writes inline.
+#[test]
+fn block_device_io_uring_on_tmpfs() {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        write_then_read_with(Engine::IoUring, Some("/dev/shm"), 0);
+    }
+}
+
+/// Queue workers that busy-poll (`--poll-us`) before sleeping lose no request.
+#[test]
+fn block_device_polling() {
+    write_then_read_with(Engine::IoUring, None, 200);
+    write_then_read_with(Engine::Sync, None, 30);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Launcher options as the guest sees them: read-only, serial, capacity, logical block size,
-//! number of queues.
+//! number of queues (with bounded queue polling on).
 
 use anyhow::{ensure, Context, Result};
 use vu_tests::e2e::{exercise, BlockRig, CMD, POWEROFF};
@@ -53,6 +53,9 @@ fn serial_capacity_block_size_and_queues_are_visible() -> Result<()> {
             "4096",
             "--num-queues",
             "2",
+            // Bounded polling on, so a jailed polling device is exercised end to end.
+            "--poll-us",
+            "50",
         ],
     )?;
     let guest = rig.boot(|disk, cfg| {

@@ -135,6 +135,10 @@ pub(crate) struct Disk {
     pub io_min: u32,
     pub io_opt: u32,
     pub serial: [u8; 20],
+    /// Buffered image whose file takes RWF_NOWAIT (probed once at open): the io_uring engine
+    /// tries each read or write inline first and uses the ring only when it would block.
+    /// Buffered images without it (tmpfs) run inline entirely; O_DIRECT always uses the ring.
+    pub nowait: bool,
     capacity: AtomicU64,
     writeback: AtomicBool,
     /// VIRTIO_BLK_F_FLUSH negotiated (true until the driver's features say otherwise).
@@ -158,6 +162,7 @@ impl Disk {
     pub(crate) fn new(p: DiskParams) -> Self {
         let g = p.geometry;
         let lbs = p.logical_block_size;
+        let nowait = !p.direct && probe_nowait(&p.file);
         let physical = if g.physical >= lbs && g.physical.is_power_of_two() {
             g.physical
         } else {
@@ -174,6 +179,7 @@ impl Disk {
             io_min: g.io_min,
             io_opt: g.io_opt,
             serial: p.serial,
+            nowait,
             capacity: AtomicU64::new(g.size / SECTOR_SIZE),
             writeback: AtomicBool::new(p.writeback),
             flush_acked: AtomicBool::new(true),
@@ -270,6 +276,37 @@ impl Disk {
         Ok(())
     }
 
+    /// One preadv2/pwritev2 with RWF_NOWAIT over the start of `iov` (at most IOV_MAX
+    /// entries): the bytes transferred, or the error (EAGAIN: it would have blocked).
+    pub(crate) fn rw_nowait(
+        &self,
+        iov: &IoVecs,
+        offset: u64,
+        write: bool,
+        dsync: bool,
+    ) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
+        let rest = iov.remaining();
+        let n = rest.len().min(IOV_MAX) as libc::c_int;
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let r = if write {
+            let flags = libc::RWF_NOWAIT | if dsync { libc::RWF_DSYNC } else { 0 };
+            // SAFETY: `rest` points to `n` valid iovecs naming guest memory that the request's
+            // chain keeps mapped until it is completed, after this call returns. The kernel
+            // only reads the buffers.
+            unsafe { libc::pwritev2(fd, rest.as_ptr(), n, off, flags) }
+        } else {
+            // SAFETY: as above; the kernel writes only into the device-writable guest buffers
+            // the chain holds mapped.
+            unsafe { libc::preadv2(fd, rest.as_ptr(), n, off, libc::RWF_NOWAIT) }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
     /// Reads or writes `len` bytes at `offset` through an aligned bounce buffer, moving
     /// guest data with `copy(done, chunk)`: for a write it fills `chunk` from guest memory,
     /// for a read it copies `chunk` to guest memory. Used when O_DIRECT cannot take the
@@ -334,6 +371,19 @@ impl Disk {
         unsafe { ioctls::blk_zeroout(self.file.as_raw_fd(), &range) }?;
         Ok(())
     }
+}
+
+/// Whether the file takes RWF_NOWAIT reads (tmpfs answers EOPNOTSUPP): one byte read at
+/// offset 0 into a local buffer, which succeeds or would block where NOWAIT is supported.
+fn probe_nowait(file: &File) -> bool {
+    let mut byte = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // SAFETY: one iovec naming `byte`, a live local buffer of iov_len bytes.
+    let r = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    r >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
 }
 
 /// A zeroed heap buffer whose start is aligned for O_DIRECT, without unsafe: over-allocate and

@@ -43,8 +43,25 @@ pub(crate) fn classify(disk: &Disk, chain: &Chain) -> Action {
         return Action::NoStatus;
     }
     let mut hdr = [0u8; HEADER_LEN as usize];
-    if chain.readable_len() < HEADER_LEN || chain.read_at(0, &mut hdr) != hdr.len() {
+    if chain.readable_len() < HEADER_LEN {
         return Action::Status(S_IOERR);
+    }
+    match chain.readable().first() {
+        // The usual layout: the whole header in the first buffer. Copy it straight from its
+        // host address instead of through vm-memory's generic accessors (hot path).
+        Some(s) if s.len >= HEADER_LEN => {
+            // SAFETY: `walk` translated this segment to one contiguous host mapping of
+            // `s.len` >= 16 bytes inside a single guest memory region, and the chain holds
+            // that memory snapshot (so the mapping) until the request is completed, which
+            // is after this call. The driver may write the buffer concurrently, hence one
+            // volatile read of a byte array (alignment 1) into a local copy.
+            hdr = unsafe { std::ptr::read_volatile(s.host as *const [u8; HEADER_LEN as usize]) };
+        }
+        _ => {
+            if chain.read_at(0, &mut hdr) != hdr.len() {
+                return Action::Status(S_IOERR);
+            }
+        }
     }
     let (ty, rest) = hdr.split_at(4);
     let ty = u32::from_le_bytes(ty.try_into().unwrap_or_default());
@@ -89,9 +106,15 @@ pub(crate) fn finish(disk: &Disk, chain: &Chain, status: u8, data_written: u32) 
         _ => {}
     }
     let w = chain.writable_len();
-    if w == 0 || chain.write_at(w - 1, &[status]) != 1 {
+    let Some(last) = chain.writable().last().filter(|s| s.len > 0) else {
         return 0;
-    }
+    };
+    // SAFETY: `walk` translated the last writable segment to a contiguous host mapping of
+    // `last.len` > 0 bytes, kept mapped by the chain's memory snapshot until the request is
+    // completed (after this call); its last byte is the status byte. A volatile byte write,
+    // since the driver shares the memory. Dirty logging: `QueueIo::complete` marks every
+    // writable segment while logging is active.
+    unsafe { std::ptr::write_volatile((last.host + last.len as usize - 1) as *mut u8, status) };
     data_written.saturating_add(1).min(w)
 }
 

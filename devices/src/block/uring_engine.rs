@@ -99,7 +99,24 @@ impl UringHandler {
         // operations the block path submits (and the IO_DRAIN flag) before it is enabled:
         // io_uring operations bypass seccomp, so a compromised device must not be able to
         // open files, create sockets or connect through its ring.
-        let ring: IoUring = IoUring::builder().setup_r_disabled().build(entries)?;
+        //
+        // COOP_TASKRUN: a completion from an io-wq thread or an interrupt no longer sends an
+        // IPI to interrupt this thread while it runs; it is posted at our next system call
+        // (a sleeping thread is still woken). TASKRUN_FLAG marks such pending completions in
+        // the SQ flags, which `poll` checks while the worker busy-polls. Older kernels refuse
+        // the flags (EINVAL): plain ring then.
+        let ring: IoUring = match IoUring::builder()
+            .setup_r_disabled()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_r_disabled().build(entries)?
+            }
+            Err(e) => return Err(e),
+        };
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let submitter = ring.submitter();
         submitter.register_eventfd(eventfd.as_raw_fd())?;
@@ -134,6 +151,12 @@ impl UringHandler {
             other => return Some(execute_sync(&self.disk, chain, other, &mut self.sync_iov)),
         };
         let disk = &self.disk;
+        if op != Op::Flush && !disk.direct && !disk.nowait {
+            // A buffered image whose file cannot do non-blocking I/O (tmpfs): the ring would
+            // hand every request to an io-wq thread and wake us from there; the copy from the
+            // page cache is cheaper done here.
+            return Some(execute_sync(disk, chain, action, &mut self.sync_iov));
+        }
         let slot = &mut self.slots[head as usize];
         if op != Op::Flush {
             build_iovecs(chain, op == Op::Write, len, &mut slot.iov);
@@ -147,12 +170,30 @@ impl UringHandler {
             Op::Write => &c.writes,
             Op::Flush => &c.flushes,
         });
-        slot.busy = true;
         slot.op = op;
         slot.len = len;
         slot.offset = offset;
         slot.left = u64::from(len);
         slot.dsync = op == Op::Write && disk.write_through();
+        if op != Op::Flush && disk.nowait {
+            // Buffered and non-blocking capable: try it inline (page-cache hit, or a write
+            // that does not have to wait); the ring only gets what would block.
+            if let Ok(n) = disk.rw_nowait(&slot.iov, offset, op == Op::Write, slot.dsync) {
+                let n = n as u64;
+                if n >= slot.left {
+                    if slot.dsync {
+                        Counters::bump(&c.durable_writes);
+                    }
+                    let data = if op == Op::Read { len } else { 0 };
+                    return Some(finish(disk, chain, S_OK, data));
+                }
+                slot.iov.consume(n as usize);
+                slot.offset += n;
+                slot.left -= n;
+            }
+            // EAGAIN (or any error, which the ring reports again): submit.
+        }
+        slot.busy = true;
         if !self.push(head) {
             self.slots[head as usize].busy = false;
             return Some(finish(&self.disk, chain, S_IOERR, 0));
@@ -208,6 +249,18 @@ impl UringHandler {
                     vu_core::warn_ratelimited!(error = %e, "io_uring submit failed");
                     return;
                 }
+            }
+        }
+    }
+
+    /// io_uring_enter even with nothing to submit: returning from it runs pending task work.
+    fn submit_anyway(&mut self) {
+        if let Err(e) = self.ring.submit() {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            ) {
+                vu_core::warn_ratelimited!(error = %e, "io_uring submit failed");
             }
         }
     }
@@ -328,6 +381,22 @@ impl QueueHandler for UringHandler {
         }
         self.submit();
         progress
+    }
+
+    fn poll(&mut self, q: &mut QueueIo) -> bool {
+        if self.in_flight == 0 {
+            return false;
+        }
+        if self.ring.submission().taskrun() {
+            // Completions wait as task work (COOP_TASKRUN): entering the kernel posts them.
+            self.submit_anyway();
+        }
+        if self.ring.completion().is_empty() {
+            return false;
+        }
+        self.reap(q);
+        self.submit();
+        true
     }
 
     fn handle_event(&mut self, _index: usize, q: &mut QueueIo) {

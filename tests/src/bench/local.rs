@@ -98,10 +98,18 @@ impl std::fmt::Debug for LocalServer {
 impl LocalServer {
     /// Serves `device` until dropped.
     pub fn start(device: Arc<dyn VhostUserDevice>) -> Result<Self> {
+        Self::start_with_poll_us(device, 0)
+    }
+
+    /// Serves `device` until dropped, its queue workers busy-polling for `poll_us`
+    /// microseconds before they sleep (`BackendServer::with_poll_us`).
+    pub fn start_with_poll_us(device: Arc<dyn VhostUserDevice>, poll_us: u32) -> Result<Self> {
         let dir = tempfile::tempdir().context("tempdir")?;
         let path = dir.path().join("vu-bench.sock");
         let listener = bind_socket(&path).map_err(|e| anyhow!("bind {}: {e}", path.display()))?;
-        let server = BackendServer::new(device, listener).map_err(|e| anyhow!("server: {e}"))?;
+        let server = BackendServer::new(device, listener)
+            .map_err(|e| anyhow!("server: {e}"))?
+            .with_poll_us(poll_us);
         let shutdown = server.shutdown_handle();
         let thread = std::thread::Builder::new()
             .name("bench-server".into())
@@ -144,4 +152,59 @@ impl Drop for LocalServer {
     fn drop(&mut self) {
         let _ = self.stop_inner();
     }
+}
+
+/// `vu-bench serve-block`: our block device served without the jail by this process, for
+/// A/B runs of core settings the launcher does not expose yet (`--poll-us`). Usage:
+/// `vu-bench serve-block --socket S --file IMG [--num-queues N] [--queue-size N]
+/// [--engine io_uring|sync] [--direct] [--poll-us N]`. Prints "listening on S" and serves
+/// front-ends until killed.
+pub fn serve_block<I: IntoIterator<Item = String>>(args: I) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (mut socket, mut file, mut queues, mut queue_size) = (None, None, 1u16, 256u16);
+    let (mut engine, mut direct, mut poll_us) = (vu_devices::block::Engine::IoUring, false, 0u32);
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--socket" => socket = Some(PathBuf::from(v()?)),
+            "--file" => file = Some(PathBuf::from(v()?)),
+            "--num-queues" => queues = v()?.parse().context("--num-queues")?,
+            "--queue-size" => queue_size = v()?.parse().context("--queue-size")?,
+            "--engine" => engine = v()?.parse().map_err(|e| anyhow!("--engine: {e}"))?,
+            "--direct" => direct = true,
+            "--poll-us" => poll_us = v()?.parse().context("--poll-us")?,
+            other => bail!("serve-block: unknown argument `{other}`"),
+        }
+    }
+    let (socket, path) = (
+        socket.context("serve-block needs --socket")?,
+        file.context("serve-block needs --file")?,
+    );
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true).write(true);
+    if direct {
+        open.custom_flags(libc::O_DIRECT);
+    }
+    let f = open
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let device = vu_devices::block::BlockDevice::new(vu_devices::block::BlockConfig {
+        file: f,
+        read_only: false,
+        direct,
+        num_queues: queues,
+        queue_size,
+        serial: None,
+        logical_block_size: 512,
+        engine,
+        writeback: true,
+    })
+    .map_err(|e| anyhow!("block device: {e}"))?;
+    let listener = bind_socket(&socket).map_err(|e| anyhow!("bind {}: {e}", socket.display()))?;
+    let server = BackendServer::new(device, listener)
+        .map_err(|e| anyhow!("server: {e}"))?
+        .with_poll_us(poll_us);
+    println!("listening on {}", socket.display());
+    server.serve().map_err(|e| anyhow!("serve: {e}"))
 }

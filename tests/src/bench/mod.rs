@@ -12,6 +12,7 @@
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod guest_fio;
 pub mod histogram;
 pub mod local;
 pub mod memory;

@@ -5,6 +5,26 @@ use std::process::ExitCode;
 use vu_tests::bench::{parse_args, run, Invocation, USAGE};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("serve-block") {
+        // Our block device without the jail, for A/B runs (see `bench::local::serve_block`).
+        return match vu_tests::bench::local::serve_block(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vu-bench serve-block: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args().nth(1).as_deref() == Some("guest-fio") {
+        // fio in a TCG guest against a server socket (see `bench::guest_fio`).
+        return match vu_tests::bench::guest_fio::guest_fio(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vu-bench guest-fio: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let inv = match parse_args(std::env::args().skip(1)) {
         Ok(i) => i,
         Err(e) => {
