@@ -859,8 +859,12 @@ impl Handler {
         self.notifier.set_channel(None);
     }
 
-    fn get_config(&mut self, msg: Message) -> Result<Option<Reply>, HandlerError> {
-        let request = Request::GetConfig;
+    /// Common checks of GET/SET_CONFIG: no fds, CONFIG negotiated, a config header.
+    fn config_message<'m>(
+        &self,
+        msg: &'m Message,
+        request: Request,
+    ) -> Result<(ConfigHeader, &'m [u8]), HandlerError> {
         if !msg.fds.is_empty() {
             return Err(HandlerError::FdCount {
                 request,
@@ -869,13 +873,16 @@ impl Handler {
             });
         }
         self.require(request, protocol::CONFIG)?;
-        let (h, rest) = ConfigHeader::read_from_prefix(&msg.payload).map_err(|_| {
-            HandlerError::PayloadSize {
-                request,
-                got: msg.payload.len(),
-                expected: "12 + size".into(),
-            }
-        })?;
+        ConfigHeader::read_from_prefix(&msg.payload).map_err(|_| HandlerError::PayloadSize {
+            request,
+            got: msg.payload.len(),
+            expected: "12 + size".into(),
+        })
+    }
+
+    fn get_config(&mut self, msg: Message) -> Result<Option<Reply>, HandlerError> {
+        let request = Request::GetConfig;
+        let (h, rest) = self.config_message(&msg, request)?;
         // Reads may reach past the device's fields (a newer front-end's larger struct): those
         // bytes read as zero, up to the largest config space the protocol carries.
         self.check_config_range(request, &h, rest.len(), MAX_CONFIG_SIZE as usize)?;
@@ -923,21 +930,7 @@ impl Handler {
 
     fn set_config(&mut self, msg: Message) -> Result<Option<Reply>, HandlerError> {
         let request = Request::SetConfig;
-        if !msg.fds.is_empty() {
-            return Err(HandlerError::FdCount {
-                request,
-                got: msg.fds.len(),
-                expected: 0,
-            });
-        }
-        self.require(request, protocol::CONFIG)?;
-        let (h, rest) = ConfigHeader::read_from_prefix(&msg.payload).map_err(|_| {
-            HandlerError::PayloadSize {
-                request,
-                got: msg.payload.len(),
-                expected: "12 + size".into(),
-            }
-        })?;
+        let (h, rest) = self.config_message(&msg, request)?;
         if h.flags & !CONFIG_FLAG_MIGRATION != 0 {
             return Err(HandlerError::Invalid(format!(
                 "config flags {:#x}",
