@@ -481,19 +481,16 @@ impl QueueIo {
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        // While dirty logging is active the write goes through vm-memory, which marks it.
-        let host = if self.log.is_active() {
-            None
-        } else {
-            self.used_elems_host()
-        };
-        if let Some(h) = host {
+        if let Some(h) = self.used_elems_host() {
             // SAFETY: `used_elems_host` checked that the `size` 8-byte elements starting at
             // `h` lie inside one mapped region of `self.mem`, the snapshot this address was
             // translated in (it is reset whenever `mem` changes), and `self.mem` keeps that
             // mapping alive; `pos < size`. The driver shares the memory, hence a volatile
             // store of a byte array (alignment 1).
             unsafe { std::ptr::write_volatile((h + pos as usize * 8) as *mut [u8; 8], elem) };
+            // Logged after the write, as vm-memory's accessors do: logging switched on between
+            // a check and the write could otherwise miss it.
+            self.log.mark(addr.0, 8);
         } else if self.mem.write_slice(&elem, addr).is_err() {
             warn_ratelimited!(queue = self.index, "used ring is not writable");
             return;
