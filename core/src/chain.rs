@@ -10,7 +10,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-use crate::memory::GuestMem;
+use crate::memory::{host_span, GuestMem};
 
 const DESC_SIZE: u64 = 16;
 
@@ -21,6 +21,19 @@ pub const MAX_INDIRECT_DESCRIPTORS: u16 = 1024;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
+
+/// A descriptor from its 16 little-endian bytes: addr u64, len u32, flags u16, next u16.
+fn descriptor(b: [u8; 16]) -> Descriptor {
+    let mut addr = [0u8; 8];
+    addr.copy_from_slice(&b[..8]);
+    let word = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    Descriptor::new(
+        u64::from_le_bytes(addr),
+        u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        word(12),
+        word(14),
+    )
+}
 
 /// Why a chain was refused. The queue completes such a chain with length 0 and goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -206,6 +219,7 @@ impl Chain {
         let mut indirect = false;
         let mut budget = queue_size as u32;
         let mut seen_write = false;
+        let mut table_host = host_span(mem, table.0, u64::from(table_len) * DESC_SIZE, 1);
         loop {
             if idx >= table_len {
                 return Err(ChainError::BadIndex(idx));
@@ -221,10 +235,21 @@ impl Chain {
                         addr: table.0,
                         len: DESC_SIZE,
                     })?;
-            let d: Descriptor = mem.read_obj(addr).map_err(|_| ChainError::OutOfMemory {
-                addr: addr.0,
-                len: DESC_SIZE,
-            })?;
+            let d = match table_host {
+                // SAFETY: `host_span` checked that the table's `table_len` descriptors lie in
+                // one mapped region of `mem`, which the caller's snapshot keeps mapped for this
+                // call, and `idx < table_len`. The driver may write the table concurrently,
+                // hence a volatile read of a byte array (alignment 1) into a local copy.
+                Some(h) => descriptor(unsafe {
+                    std::ptr::read_volatile(
+                        (h + idx as usize * DESC_SIZE as usize) as *const [u8; 16],
+                    )
+                }),
+                None => mem.read_obj(addr).map_err(|_| ChainError::OutOfMemory {
+                    addr: addr.0,
+                    len: DESC_SIZE,
+                })?,
+            };
             let flags = d.flags();
             if flags & F_INDIRECT != 0 {
                 if indirect {
@@ -247,6 +272,7 @@ impl Chain {
                 }
                 table = d.addr();
                 table_len = n as u16;
+                table_host = host_span(mem, table.0, len as u64, 1);
                 budget = n as u32;
                 idx = 0;
                 indirect = true;
@@ -347,6 +373,26 @@ mod tests {
         let mut b = [0u8; 4];
         m.read_slice(&mut b, GuestAddress(0xfffe)).expect("read");
         assert_eq!(b, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn table_across_regions_takes_the_slow_path() {
+        // A descriptor table straddling two regions has no single host span: the walker
+        // reads it through vm-memory and gets the same chain.
+        let m = mem();
+        assert!(host_span(&m, 0xfff0, 32, 1).is_none());
+        assert!(host_span(&m, 0x1000, 32, 1).is_some());
+        put(&m, 0xfff0, 0, 0x1000, 16, F_NEXT, 1);
+        put(&m, 0xfff0, 1, 0x2000, 0x200, F_WRITE, 0);
+        let mut c = Chain::default();
+        c.walk(&m, GuestAddress(0xfff0), 2, 0, true).expect("walk");
+        assert_eq!((c.readable_len(), c.writable_len()), (16, 0x200));
+        assert_eq!(c.writable()[0].addr, 0x2000);
+        // The same through an indirect table that straddles the boundary.
+        put(&m, 0x3000, 0, 0xfff0, 32, F_INDIRECT, 0);
+        c.walk(&m, GuestAddress(0x3000), 4, 0, true)
+            .expect("indirect walk");
+        assert_eq!((c.readable_len(), c.writable_len()), (16, 0x200));
     }
 
     #[test]

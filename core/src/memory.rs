@@ -6,7 +6,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+};
 
 use crate::dirty_log::{page_size, DirtyLog, LogBitmap};
 use crate::message::MemoryRegion;
@@ -15,6 +18,20 @@ use crate::message::MemoryRegion;
 pub type GuestMem = GuestMemoryMmap<LogBitmap>;
 /// The swappable handle workers read guest memory through.
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
+
+/// The host address of `len` bytes of guest memory at `addr`, if they lie inside one mapped
+/// region of `mem` and the address is a multiple of `align`. The address stays valid while
+/// `mem` (the snapshot) is alive. The hot path reads rings and descriptor tables through it
+/// instead of vm-memory's generic accessors, which walk a region iterator for every access.
+pub(crate) fn host_span(mem: &GuestMem, addr: u64, len: u64, align: usize) -> Option<usize> {
+    let region = mem.find_region(GuestAddress(addr))?;
+    let off = addr.checked_sub(region.start_addr().0)?;
+    if off.checked_add(len)? > region.len() {
+        return None;
+    }
+    let host = region.get_host_address(MemoryRegionAddress(off)).ok()? as usize;
+    host.is_multiple_of(align).then_some(host)
+}
 
 /// Memory slots we accept (GET_MAX_MEM_SLOTS). Same order as libvhost-user's limit; each
 /// slot costs one mapping.

@@ -4,16 +4,13 @@
 use std::collections::VecDeque;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,7 +18,7 @@ use crate::chain::Chain;
 use crate::device::{Progress, QueueHandler};
 use crate::dirty_log::DirtyLog;
 use crate::inflight::InflightQueue;
-use crate::memory::{GuestMem, GuestMemAtomic};
+use crate::memory::{host_span, GuestMem, GuestMemAtomic};
 use crate::warn_ratelimited;
 
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -154,9 +151,11 @@ pub struct QueueIo {
     drained: bool,
     broken: bool,
     chain_errors: bool,
-    /// Host address of the used ring's element array in `mem`, translated once per memory
-    /// snapshot (reset when `mem` changes; `None` until the first `push_used` needs it).
+    /// Host addresses of the rings in `mem`, translated once per memory snapshot (see
+    /// `translate_rings`); `None` where a ring does not lie in one region (the vm-memory
+    /// accessors are used then).
     used_host: Option<usize>,
+    avail_host: Option<usize>,
     log: Arc<DirtyLog>,
     shared: Arc<VringShared>,
 }
@@ -232,9 +231,62 @@ impl QueueIo {
             broken: false,
             chain_errors: false,
             used_host: None,
+            avail_host: None,
             log,
             shared,
-        })
+        }
+        .with_rings_translated())
+    }
+
+    /// Translates the used ring (flags, index, `size` 8-byte elements, avail_event) and the
+    /// available ring (flags, index, `size` entries, used_event) to host addresses in the
+    /// current snapshot; both 2-byte aligned, for atomic accesses to the indexes.
+    fn with_rings_translated(mut self) -> Self {
+        self.translate_rings();
+        self
+    }
+
+    fn translate_rings(&mut self) {
+        let size = u64::from(self.size);
+        self.used_host = host_span(&self.mem, self.used_ring, 6 + 8 * size, 2);
+        self.avail_host = host_span(&self.mem, self.avail_ring, 6 + 2 * size, 2);
+    }
+
+    /// The driver's available index (acquire: the entries it covers are visible after it).
+    fn avail_idx(&self) -> Option<u16> {
+        match self.avail_host {
+            // SAFETY: `translate_rings` checked that the available ring lies in one mapped
+            // region of `self.mem`, the snapshot the address belongs to (reset with it), which
+            // `self.mem` keeps mapped; the index at offset 2 is 2-byte aligned (checked). The
+            // driver writes it concurrently: an atomic load.
+            Some(h) => Some(u16::from_le(unsafe {
+                (*((h + 2) as *const AtomicU16)).load(Ordering::Acquire)
+            })),
+            None => self
+                .mem
+                .load::<u16>(GuestAddress(self.avail_ring + 2), Ordering::Acquire)
+                .ok()
+                .map(u16::from_le),
+        }
+    }
+
+    /// The available ring's entry `i` (< size), or with `i == size` its used_event field.
+    fn avail_entry(&self, i: u16) -> Option<u16> {
+        match self.avail_host {
+            // SAFETY: as in `avail_idx`; entry `i <= size` (used_event) is inside the
+            // translated span of 6 + 2 * size bytes.
+            Some(h) => Some(u16::from_le(unsafe {
+                (*((h + 4 + 2 * i as usize) as *const AtomicU16)).load(Ordering::Acquire)
+            })),
+            None => self
+                .mem
+                .load::<u16>(
+                    GuestAddress(self.avail_ring + 4 + 2 * u64::from(i)),
+                    Ordering::Acquire,
+                )
+                .ok()
+                .map(u16::from_le),
+        }
     }
 
     /// Queue index.
@@ -278,9 +330,9 @@ impl QueueIo {
         if !Arc::ptr_eq(&mem, &self.mem) {
             // Compared while the old snapshot is still alive, so a new one at the same
             // address cannot be mistaken for it.
-            self.used_host = None;
+            self.mem = mem;
+            self.translate_rings();
         }
-        self.mem = mem;
     }
 
     /// Takes the next request. Malformed chains are completed with length 0 here and never
@@ -360,13 +412,8 @@ impl QueueIo {
         if self.broken {
             return false;
         }
-        match self
-            .mem
-            .load::<u16>(GuestAddress(self.avail_ring + 2), Ordering::Acquire)
-        {
-            Ok(idx) => u16::from_le(idx) != self.queue.next_avail(),
-            Err(_) => false,
-        }
+        self.avail_idx()
+            .is_some_and(|idx| idx != self.queue.next_avail())
     }
 
     /// Reads the next head index the driver made available, if any. Any guest address is a
@@ -377,12 +424,8 @@ impl QueueIo {
             return None;
         }
         let next = self.queue.next_avail();
-        let idx: u16 = match self
-            .mem
-            .load(GuestAddress(self.avail_ring + 2), Ordering::Acquire)
-        {
-            Ok(v) => u16::from_le(v),
-            Err(_) => return self.mark_broken("available ring is not readable"),
+        let Some(idx) = self.avail_idx() else {
+            return self.mark_broken("available ring is not readable");
         };
         let pending = idx.wrapping_sub(next);
         if pending == 0 {
@@ -391,13 +434,12 @@ impl QueueIo {
         if pending > self.size {
             return self.mark_broken("driver published an invalid available index");
         }
-        let slot = GuestAddress(self.avail_ring + 4 + 2 * (next % self.size) as u64);
-        match self.mem.load::<u16>(slot, Ordering::Acquire) {
-            Ok(h) => {
+        match self.avail_entry(next % self.size) {
+            Some(h) => {
                 self.queue.set_next_avail(next.wrapping_add(1));
-                Some(u16::from_le(h))
+                Some(h)
             }
-            Err(_) => self.mark_broken("available ring is not readable"),
+            None => self.mark_broken("available ring is not readable"),
         }
     }
 
@@ -458,36 +500,19 @@ impl QueueIo {
         self.push_used(head, len);
     }
 
-    /// The host address of the used ring's element array (`size` elements of 8 bytes) in the
-    /// current snapshot, if the whole array lies in one region.
-    fn used_elems_host(&mut self) -> Option<usize> {
-        if self.used_host.is_none() {
-            let start = GuestAddress(self.used_ring.checked_add(4)?);
-            let len = 8 * u64::from(self.size);
-            let region = self.mem.find_region(start)?;
-            let off = start.0 - region.start_addr().0;
-            if off.checked_add(len)? > region.len() {
-                return None;
-            }
-            let host = region.get_host_address(MemoryRegionAddress(off)).ok()? as usize;
-            self.used_host = Some(host);
-        }
-        self.used_host
-    }
-
     fn push_used(&mut self, head: u16, len: u32) {
         let pos = (self.next_used.0 % self.size) as u64;
         let addr = GuestAddress(self.used_ring + 4 + pos * 8);
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        if let Some(h) = self.used_elems_host() {
-            // SAFETY: `used_elems_host` checked that the `size` 8-byte elements starting at
-            // `h` lie inside one mapped region of `self.mem`, the snapshot this address was
-            // translated in (it is reset whenever `mem` changes), and `self.mem` keeps that
+        if let Some(h) = self.used_host {
+            // SAFETY: `translate_rings` checked that the used ring (its `size` 8-byte elements
+            // start at `h + 4`) lies inside one mapped region of `self.mem`, the snapshot this address was
+            // translated in (it is redone whenever `mem` changes), and `self.mem` keeps that
             // mapping alive; `pos < size`. The driver shares the memory, hence a volatile
             // store of a byte array (alignment 1).
-            unsafe { std::ptr::write_volatile((h + pos as usize * 8) as *mut [u8; 8], elem) };
+            unsafe { std::ptr::write_volatile((h + 4 + pos as usize * 8) as *mut [u8; 8], elem) };
             // Logged after the write, as vm-memory's accessors do: logging switched on between
             // a check and the write could otherwise miss it.
             self.log.mark(addr.0, 8);
@@ -513,9 +538,20 @@ impl QueueIo {
         }
         self.pending_used = 0;
         let new = self.next_used;
-        let _ = self
-            .mem
-            .store(new.0, GuestAddress(self.used_ring + 2), Ordering::Release);
+        match self.used_host {
+            Some(h) => {
+                // SAFETY: `translate_rings` checked that the used ring lies inside one mapped
+                // region of `self.mem` (kept alive by it) with the index at `h + 2` 2-byte
+                // aligned. Release: the elements written before are visible first.
+                unsafe { (*((h + 2) as *const AtomicU16)).store(new.0.to_le(), Ordering::Release) };
+                self.log.mark(self.used_ring + 2, 2);
+            }
+            None => {
+                let _ = self
+                    .mem
+                    .store(new.0, GuestAddress(self.used_ring + 2), Ordering::Release);
+            }
+        }
         if let Some(t) = self.inflight.as_mut() {
             t.commit(new.0);
         }
@@ -533,8 +569,8 @@ impl QueueIo {
     fn needs_notification(&mut self, new: Wrapping<u16>) -> bool {
         let old = self.signalled_used;
         if self.queue.event_idx_enabled() {
-            let addr = GuestAddress(self.avail_ring + 4 + 2 * self.size as u64);
-            let Ok(event) = self.mem.load::<u16>(addr, Ordering::Acquire) else {
+            // used_event sits right after the ring's `size` entries.
+            let Some(event) = self.avail_entry(self.size) else {
                 return true;
             };
             self.signalled_used = new;

@@ -16,8 +16,8 @@
 #                      pwritev on the queue thread); reported apart, not part of the bars
 #   --base DIR         add a server: ours run from DIR/launcher (a build of the baseline tree),
 #                      for before/after A/B in the same run; reported apart as ours-base
-#   --poll-us LIST     add servers: our block device served unjailed by `vu-bench serve-block
-#                      --poll-us N` for each N in LIST (e.g. 0,50), reported apart as ours-pollN
+#   --poll-us LIST     add servers: ours with `launcher start block ... --poll-us N` (bounded
+#                      queue polling) for each N in LIST (e.g. 0,50), reported apart as ours-pollN
 #   --guest            add the secondary table: fio inside a TCG guest (tests/src/guest.rs image in
 #                      .cache/guest, 1 vCPU) against ours and qsd, 4k randread QD32 and 128k
 #                      read QD8, 1 queue, on the first storage, once per round
@@ -174,19 +174,15 @@ done
 start_server() { # server storage queues socket
     local server=$1 st=$2 nq=$3 sock=$4 img=${image[$2]} logf="$work/server.log"
     rm -f "$sock"
-    if [[ "$server" == ours-poll* ]]; then
-        local direct=()
-        [ "$st" = disk ] && direct=(--direct)
-        "${srv_pin[@]}" "$vubench" serve-block --socket "$sock" --file "$img" \
-            --num-queues "$nq" --poll-us "${server#ours-poll}" "${direct[@]}" >"$logf" 2>&1 &
-    elif [ "$server" != qsd ]; then
-        local direct=() engine=io_uring bin=$launcher
+    if [ "$server" != qsd ]; then
+        local direct=() engine=io_uring bin=$launcher poll=()
         [ "$st" = disk ] && direct=(--direct)
         [ "$server" = ours-sync ] && engine=sync
         [ "$server" = ours-base ] && bin=$base_dir/launcher
+        [[ "$server" == ours-poll* ]] && poll=(--poll-us "${server#ours-poll}")
         # shellcheck disable=SC2086
         "${srv_pin[@]}" "$bin" start block --socket "$sock" --file "$img" \
-            --num-queues "$nq" --engine "$engine" "${direct[@]}" $OURS_EXTRA >"$logf" 2>&1 &
+            --num-queues "$nq" --engine "$engine" "${direct[@]}" "${poll[@]}" $OURS_EXTRA >"$logf" 2>&1 &
     else
         local cache=off aio=threads
         [ "$st" = disk ] && { cache=on; aio=io_uring; }

@@ -33,8 +33,8 @@ def extra_text(name):
         return "ours built from the baseline tree given to `compare.sh --base` (the before of an A/B)"
     if name.startswith("ours-poll"):
         us = name[len("ours-poll"):]
-        return (f"our block device served unjailed by `vu-bench serve-block --poll-us {us}` "
-                "(queue workers busy-poll before sleeping)")
+        return (f"ours started as `ours` plus `--poll-us {us}` (jailed, as deployed; queue workers "
+                "busy-poll up to that long after the last work before sleeping)")
     return "an extra server"
 
 
@@ -100,18 +100,23 @@ class Data:
     def values(self, st, q, wl, server, key):
         return [res[key] for _, res in self.bench[(st, q, wl, server)] if res.get(key) is not None]
 
-    def paired(self, st, q, wl, key):
-        a = {rd: res.get(key) for rd, res in self.bench[(st, q, wl, "ours")]}
+    def cpu_per_s(self, st, q, wl, server):
+        """Server CPU-seconds per second of run, per round."""
+        return [res["server_cpu_s"] / res["elapsed_s"] for _, res in self.bench[(st, q, wl, server)]
+                if res.get("server_cpu_s") is not None and res.get("elapsed_s")]
+
+    def paired(self, st, q, wl, key, server="ours"):
+        a = {rd: res.get(key) for rd, res in self.bench[(st, q, wl, server)]}
         b = {rd: res.get(key) for rd, res in self.bench[(st, q, wl, "qsd")]}
         return [a[rd] / b[rd] for rd in a if rd in b and a[rd] and b[rd]]
 
-    def ratio(self, st, q, wl, key):
-        """(ratio of medians, per-round paired ratios)."""
-        a = self.values(st, q, wl, "ours", key)
+    def ratio(self, st, q, wl, key, server="ours"):
+        """(ratio of medians server/qsd, per-round paired ratios)."""
+        a = self.values(st, q, wl, server, key)
         b = self.values(st, q, wl, "qsd", key)
         if not a or not b or not med(b):
             return None, []
-        return med(a) / med(b), self.paired(st, q, wl, key)
+        return med(a) / med(b), self.paired(st, q, wl, key, server)
 
     def fio_values(self, st, wl, eng, what):
         out = []
@@ -124,6 +129,8 @@ class Data:
                 out.append(side["clat_ns"]["percentile"]["50.000000"] / 1000)
             elif what == "cpu":
                 out.append((job["usr_cpu"] + job["sys_cpu"]) / 100)
+            elif what == "iops_per_cpu_s" and job["usr_cpu"] + job["sys_cpu"] > 0:
+                out.append(side["iops"] / ((job["usr_cpu"] + job["sys_cpu"]) / 100))
         return out
 
 
@@ -135,38 +142,114 @@ def ratio_text(r, paired, digits=2):
     return f"{r:.{digits}f}x"
 
 
-def bars(d):
-    """Rows: (bar, where, value text, target text, met, note)."""
+FIO_ENGINES = ["psync", "io_uring"]
+
+
+def host_best(d, st, wl, what, pick=max):
+    """(engine, median) of the host fio engine with the best median of `what`, or (None, None)."""
+    meds = [(med(xs), eng) for eng in FIO_ENGINES for xs in [d.fio_values(st, wl, eng, what)] if xs]
+    if not meds:
+        return None, None
+    m, eng = pick(meds)
+    return eng, m
+
+
+def out_of_reach(bound, target, higher):
+    return (higher and bound < target) or (not higher and bound > target)
+
+
+def bound_text(text, bound, target, higher):
+    if not out_of_reach(bound, target, higher):
+        return text
+    return f"{text}; {'under' if higher else 'over'} {target}x: out of reach"
+
+
+def iops_bound(d, st, q, wl, target):
+    """Best host fio IOPS over qsd's IOPS: no server on the same kernel path gets past it."""
+    eng, host = host_best(d, st, wl, "iops")
+    qsd = med(d.values(st, q, wl, "qsd", "iops"))
+    if eng is None or not qsd or qsd != qsd:
+        return "-"
+    r = host / qsd
+    return bound_text(f"host {eng} {fmt(host)} = {r:.2f}x qsd", r, target, higher=True)
+
+
+def eff_bound(d, st, q, wl, target):
+    """fio's own IOPS per fio CPU-s over qsd's IOPS per server CPU-s: a server that costs per
+    request exactly what fio's submission costs. io_uring as asked, psync alongside."""
+    qsd = med(d.values(st, q, wl, "qsd", "iops_per_server_cpu_s"))
+    if not qsd or qsd != qsd:
+        return "-"
+    per = {eng: med(xs) for eng in FIO_ENGINES for xs in [d.fio_values(st, wl, eng, "iops_per_cpu_s")] if xs}
+    if not per:
+        return "-"
+    io, ps = per.get("io_uring"), per.get("psync")
+    text = f"fio io_uring itself: {fmt(io)}/CPU-s = {io / qsd:.2f}x qsd" if io else "fio io_uring: -"
+    if ps:
+        text += f" (psync {fmt(ps)} = {ps / qsd:.2f}x)"
+    return bound_text(text, max(per.values()) / qsd, target, higher=True)
+
+
+def lat_bound(d, st, q, wl, target):
+    """Best host fio p50 over qsd's p50: a server with no overhead still waits for the device."""
+    eng, host = host_best(d, st, wl, "p50", pick=min)
+    qsd = med(d.values(st, q, wl, "qsd", "lat_p50_us"))
+    if eng is None or not qsd or qsd != qsd:
+        return "-"
+    r = host / qsd
+    return bound_text(f"host {eng} p50 {fmt(host, 1)} us = {r:.2f}x qsd", r, target, higher=False)
+
+
+def cpu_text(d, st, q, wl, srv):
+    """Server CPU-s per second of run: srv / ours / qsd (medians)."""
+    names = [srv] + [x for x in ["ours", "qsd"] if x != srv]
+    return " / ".join(f"{x} {fmt(med(d.cpu_per_s(st, q, wl, x)), 2)}" for x in names)
+
+
+def bars(d, srv="ours"):
+    """Rows: (bar, where, value text, target text, met, note, host bound text, server CPU text),
+    for srv against qsd. The host bound does not depend on srv."""
     out = []
     for st in d.storages:
         for q in d.queues:
+            at = f"{st}, {q}q"
+            cpu = lambda wl: cpu_text(d, st, q, wl, srv)  # noqa: E731
             wl = "randread-4k-qd32"
-            r, p = d.ratio(st, q, wl, "iops_per_server_cpu_s")
-            out.append(("QD32 4k randread IOPS per server CPU-s, ours/qsd", f"{st}, {q}q",
-                        ratio_text(r, p), ">= 2.0x", r is not None and r >= 2.0,
-                        shortfall(r, 2.0, higher=True)))
-            r, p = d.ratio(st, q, wl, "iops")
-            out.append(("QD32 4k randread IOPS, ours/qsd", f"{st}, {q}q", ratio_text(r, p), ">= 1.5x",
-                        r is not None and r >= 1.5, shortfall(r, 1.5, higher=True)))
-            r, p = d.ratio(st, q, "randread-4k-qd1", "lat_p50_us")
-            out.append(("QD1 4k randread p50 latency, ours/qsd", f"{st}, {q}q", ratio_text(r, p), "<= 0.7x",
-                        r is not None and r <= 0.7, shortfall(r, 0.7, higher=False)))
-            ours = d.values(st, q, "read-128k-qd8", "ours", "mib_s")
-            host = d.fio_values(st, "read-128k-qd8", "psync", "mib_s")
-            r = med(ours) / med(host) if ours and host else None
-            out.append(("128k seq read, ours / host pread (fio psync)", f"{st}, {q}q",
-                        f"{r:.0%} ({fmt(med(ours))} of {fmt(med(host))} MiB/s)" if r else "-",
-                        ">= 80%", r is not None and r >= 0.8, shortfall(r, 0.8, higher=True)))
-    rss = [v for k, lst in d.bench.items() if k[3] == "ours" for _, res in lst
+            r, p = d.ratio(st, q, wl, "iops_per_server_cpu_s", srv)
+            out.append((f"QD32 4k randread IOPS per server CPU-s, {srv}/qsd", at, ratio_text(r, p), ">= 2.0x",
+                        r is not None and r >= 2.0, shortfall(r, 2.0, higher=True),
+                        eff_bound(d, st, q, wl, 2.0), cpu(wl)))
+            r, p = d.ratio(st, q, wl, "iops", srv)
+            out.append((f"QD32 4k randread IOPS, {srv}/qsd", at, ratio_text(r, p), ">= 1.5x",
+                        r is not None and r >= 1.5, shortfall(r, 1.5, higher=True),
+                        iops_bound(d, st, q, wl, 1.5), cpu(wl)))
+            wl = "randread-4k-qd1"
+            r, p = d.ratio(st, q, wl, "lat_p50_us", srv)
+            out.append((f"QD1 4k randread p50 latency, {srv}/qsd", at, ratio_text(r, p), "<= 0.7x",
+                        r is not None and r <= 0.7, shortfall(r, 0.7, higher=False),
+                        lat_bound(d, st, q, wl, 0.7), cpu(wl)))
+            wl = "read-128k-qd8"
+            mine = d.values(st, q, wl, srv, "mib_s")
+            host = d.fio_values(st, wl, "psync", "mib_s")
+            r = med(mine) / med(host) if mine and host else None
+            out.append((f"128k seq read, {srv} / host pread (fio psync)", at,
+                        f"{r:.0%} ({fmt(med(mine))} of {fmt(med(host))} MiB/s)" if r else "-",
+                        ">= 80%", r is not None and r >= 0.8, shortfall(r, 0.8, higher=True),
+                        f"host pread {fmt(med(host))} MiB/s (the bar's base)" if host else "-", cpu(wl)))
+    rss = [v for k, lst in d.bench.items() if k[3] == srv for _, res in lst
            for v in [res.get("device_rss_anon_idle_kib")] if v is not None]
     qrss = [v for k, lst in d.bench.items() if k[3] == "qsd" for _, res in lst
             for v in [res.get("device_rss_anon_idle_kib")] if v is not None]
     if rss:
         m = med(rss)
-        out.append(("Idle device process RssAnon", "all cells",
+        out.append((f"Idle device process RssAnon{'' if srv == 'ours' else ', ' + srv}", "all cells",
                     f"{fmt(m)} KiB ({fmt(min(rss))}-{fmt(max(rss))}); qsd {fmt(med(qrss))} KiB",
-                    "<= 2048 KiB", m <= 2048, shortfall(m, 2048, higher=False)))
+                    "<= 2048 KiB", m <= 2048, shortfall(m, 2048, higher=False), "-", "-"))
     return out
+
+
+def met_text(met, note):
+    return "yes" if met else "NO: " + note
 
 
 def shortfall(v, target, higher):
@@ -225,11 +308,28 @@ def write(d, meta, work, out):
         w(f"Our server ran with the extra arguments `{meta['ours_extra']}`.\n")
 
     w("## The bar (issue 6)\n")
-    w("| bar | where | measured: median (range of per-round ratios) | target | met |")
-    w("|---|---|---|---|---|")
-    for bar, where, val, target, met, note in bars(d):
-        w(f"| {bar} | {where} | {val} | {target} | {'yes' if met else 'NO: ' + note} |")
+    w("| bar | where | measured: median (range of per-round ratios) | target | met | host bound (fio, same run) |")
+    w("|---|---|---|---|---|---|")
+    for bar, where, val, target, met, note, bound, _ in bars(d):
+        w(f"| {bar} | {where} | {val} | {target} | {met_text(met, note)} | {bound} |")
     w("")
+    w("Host bound (fio, same run): an estimate of how far any vhost-user server could get on the cell, "
+      "from the host fio runs on the same file in this run (medians; one fio job, also for 2 queues): "
+      "best host IOPS / qsd's; fio's IOPS per CPU-s of its own job thread (io-wq work, e.g. buffered "
+      "io_uring on tmpfs, is not counted) / qsd's per server CPU-s; best host p50 / qsd's. \"Out of "
+      "reach\": the bound misses the target, so no server adding work on the same kernel path meets "
+      "that bar on this machine.\n")
+    for srv in sorted(x for x in {k[3] for k in d.bench} if x.startswith("ours-poll")):
+        us = srv[len("ours-poll"):]
+        w(f"### The bar with bounded polling (`--poll-us {us}`, off by default)\n")
+        w(f"`{srv}`: {extra_text(srv)}; same cells, same qsd runs. The last column is the server "
+          "CPU-seconds per second of run (medians), the price of polling.\n")
+        w("| bar | where | measured: median (range of per-round ratios) | target | met "
+          f"| server CPU-s per s: {srv} / ours / qsd |")
+        w("|---|---|---|---|---|---|")
+        for bar, where, val, target, met, note, _, cpu in bars(d, srv):
+            w(f"| {bar} | {where} | {val} | {target} | {met_text(met, note)} | {cpu} |")
+        w("")
 
     w("## Machine\n")
     w("| | |")
@@ -265,9 +365,9 @@ def write(d, meta, work, out):
     if "ours-base" in servers:
         w("# extra: ours-base (--base DIR), the same command with DIR/launcher")
     for srv in sorted(x for x in servers if x.startswith("ours-poll")):
-        w(f"# extra: {srv}, unjailed, this tree")
-        w(f"target/release/vu-bench serve-block --socket S --file IMG --num-queues N "
-          f"--poll-us {srv[len('ours-poll'):]} [--direct]")
+        w(f"# extra: {srv}, the ours command plus --poll-us {srv[len('ours-poll'):]}")
+        w(f"target/release/launcher start block --socket S --file IMG --num-queues N --engine io_uring "
+          f"[--direct] --poll-us {srv[len('ours-poll'):]}")
     if any(r["kind"] == "guest" for r in d.rows):
         w("# secondary (--guest): a TCG guest per cell, fio inside on /dev/vda")
         w(f"target/release/vu-bench guest-fio --socket S --rw randread|read --bs 4k|128k --iodepth 32|8 "
@@ -307,8 +407,7 @@ def write(d, meta, work, out):
                     def vs(other, key, extra=extra, q=q, wl=wl):
                         a, b = d.values(st, q, wl, extra, key), d.values(st, q, wl, other, key)
                         return f"{med(a) / med(b):.2f}x" if a and b and med(b) else "-"
-                    cpu = [res["server_cpu_s"] / res["elapsed_s"] for _, res in d.bench[(st, q, wl, extra)]
-                           if res.get("server_cpu_s") is not None and res.get("elapsed_s")]
+                    cpu = d.cpu_per_s(st, q, wl, extra)
                     w(f"| {wl} | {q} | {spread(xs)} | {spread(d.values(st, q, wl, extra, 'lat_p50_us'), 1)} "
                       f"| {spread(d.values(st, q, wl, extra, 'iops_per_server_cpu_s'))} | {spread(cpu, 2)} "
                       f"| {vs('qsd', 'iops')} | {vs('ours', 'iops')} | {vs('ours', 'lat_p50_us')} "

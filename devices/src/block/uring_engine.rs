@@ -2,6 +2,12 @@
 //! the head index as user data, completions reaped when the ring's eventfd fires. Requests
 //! the ring cannot take as they are (misaligned for O_DIRECT, too many iovecs), and the rare
 //! request types (GET_ID, DISCARD, WRITE_ZEROES), run synchronously inline.
+//!
+//! Each ring is locked down before it is enabled: the image file is registered as fixed file
+//! 0 and the ring only takes readv, writev and fsync SQEs that name a fixed file (FIXED_FILE
+//! is a required SQE flag, IO_DRAIN the only other one allowed). io_uring operations bypass
+//! seccomp, so whoever controls the ring can still only read, write and sync the image. Fixed
+//! files also spare the kernel the file lookup and reference count (fget/fput) per request.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,6 +26,9 @@ use super::request::{
 
 /// Ring size cap, whatever the queue size.
 const MAX_ENTRIES: u32 = 4096;
+
+/// Index of the image file in each ring's registered file table.
+pub(crate) const IMAGE: u32 = 0;
 
 /// Creates a ring with the opcodes we use, or says why not.
 pub(crate) fn probe() -> io::Result<()> {
@@ -95,10 +104,16 @@ impl UringHandler {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
             .next_power_of_two();
-        // The ring starts disabled, gets its eventfd, then is restricted to the three
-        // operations the block path submits (and the IO_DRAIN flag) before it is enabled:
+        // The ring starts disabled, gets its eventfd and the image file (fixed file 0), then
+        // is restricted before it is enabled: only the three operations the block path
+        // submits, each with FIXED_FILE set (required) and IO_DRAIN as the only other flag.
         // io_uring operations bypass seccomp, so a compromised device must not be able to
-        // open files, create sockets or connect through its ring.
+        // open files, create sockets or connect through its ring, nor read or write any other
+        // file descriptor it holds (the vhost-user socket, guest memory, its eventfds): the
+        // registered image is the only file its SQEs can name. Once the ring is enabled, its
+        // restrictions refuse every io_uring_register operation too (none is allowed), so the
+        // file must be registered before. Fixed files also save a file lookup and reference
+        // count (fget/fput) per request.
         //
         // COOP_TASKRUN: a completion from an io-wq thread or an interrupt no longer sends an
         // IPI to interrupt this thread while it runs; it is posted at our next system call
@@ -120,10 +135,12 @@ impl UringHandler {
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let submitter = ring.submitter();
         submitter.register_eventfd(eventfd.as_raw_fd())?;
+        submitter.register_files(&[disk.file.as_raw_fd()])?;
         submitter.register_restrictions(&mut [
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_op(opcode::Fsync::CODE),
+            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
             Restriction::sqe_flags_allowed(squeue::Flags::IO_DRAIN.bits()),
         ])?;
         submitter.register_enable_rings()?;
@@ -205,7 +222,8 @@ impl UringHandler {
     /// Queues the SQE for the slot at `head`; false if the submission queue stays full.
     fn push(&mut self, head: u16) -> bool {
         let slot = &self.slots[head as usize];
-        let fd = types::Fd(self.disk.file.as_raw_fd());
+        // The image, registered in `new`; the ring refuses SQEs without a fixed file.
+        let fd = types::Fixed(IMAGE);
         let rest = slot.iov.remaining();
         let entry = match slot.op {
             Op::Read => opcode::Readv::new(fd, rest.as_ptr(), rest.len() as u32)
