@@ -141,19 +141,42 @@ pub fn open_image(opts: &BlockOptions) -> Result<File, BlockSetupError> {
     } else {
         libc::LOCK_EX
     } | libc::LOCK_NB;
-    // SAFETY: flock only reads its integer arguments; `file` is a valid open descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+    // A server that has just stopped can hold the lock a little longer than its processes
+    // live: the kernel tears io_uring contexts down asynchronously, and a ring that registered
+    // the image keeps it open until then. So a held lock is retried for a moment (a restart
+    // right after a stop succeeds); a server that really has the image still gets the error.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    let mut said = false;
+    loop {
+        // SAFETY: flock only reads its integer arguments; `file` is a valid open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(file);
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(BlockSetupError::Open {
+                path: path.clone(),
+                source: e,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(BlockSetupError::Locked(path.clone()));
         }
-        return Err(BlockSetupError::Open {
-            path: path.clone(),
-            source: e,
-        });
+        if !said {
+            tracing::info!(image = %path.display(), "image is locked; waiting up to {} ms for it", LOCK_WAIT.as_millis());
+            said = true;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
-    Ok(file)
 }
+
+/// How long `open_image` waits for a lock held by someone else before it gives up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Turns an errno from stat/open into an error that says what to do.
 fn classify_open_error(opts: &BlockOptions, e: io::Error) -> BlockSetupError {

@@ -44,7 +44,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The image cannot be served.
-    #[error("device {name}: {source}")]
+    #[error("device {name}")]
     Setup {
         /// The device.
         name: String,

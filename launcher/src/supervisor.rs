@@ -106,7 +106,7 @@ pub enum SupervisorError {
     #[error("cannot create the supervisor's wake-up channel")]
     WakeChannel(#[source] io::Error),
     /// A device process could not be started.
-    #[error("device {name}: {source}")]
+    #[error("device {name}")]
     Spawn {
         /// The device.
         name: String,

@@ -118,6 +118,7 @@ sockdir=$(mktemp -d /tmp/vu-bench.XXXXXX)
 launcher="$root/target/release/launcher"
 vubench="$root/target/release/vu-bench"
 server_pid=""
+server_img=""
 
 cleanup() {
     if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
@@ -173,6 +174,7 @@ done
 # --- servers ---------------------------------------------------------------------------
 start_server() { # server storage queues socket
     local server=$1 st=$2 nq=$3 sock=$4 img=${image[$2]} logf="$work/server.log"
+    server_img=$img
     rm -f "$sock"
     if [ "$server" != qsd ]; then
         local direct=() engine=io_uring bin=$launcher poll=()
@@ -215,6 +217,15 @@ stop_server() {
     kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
     server_pid=""
+    # The kernel tears a stopped server's io_uring contexts down after its processes exit, and
+    # a ring that registered the image keeps it open (and flock-ed) until then: wait for the
+    # lock to be free (up to 10 s) so that the next server, whichever, finds the image unused.
+    local i
+    [ -n "$server_img" ] || return 0
+    for i in $(seq 1 200); do
+        flock -n "$server_img" true 2>/dev/null && break
+        sleep 0.05
+    done
 }
 
 # name -> vu-bench workload arguments

@@ -7,7 +7,7 @@ use vu_core::{Progress, QueueHandler, QueueIo};
 
 use super::disk::Disk;
 use super::iovec::IoVecs;
-use super::request::{classify, execute_sync};
+use super::request::{classify, execute_sync, publish_early};
 
 /// One queue served synchronously.
 #[derive(Debug)]
@@ -31,7 +31,11 @@ impl QueueHandler for SyncHandler {
             let chain = q.chain(head);
             let action = classify(&self.disk, chain);
             let used = execute_sync(&self.disk, chain, action, &mut self.iov);
+            let early = publish_early(chain);
             q.complete(head, used);
+            if early {
+                q.flush();
+            }
         }
         Progress::Drained
     }

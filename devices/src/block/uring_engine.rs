@@ -21,7 +21,7 @@ use vu_core::{Chain, Progress, QueueHandler, QueueIo};
 use super::disk::{Counters, Disk, IOV_MAX};
 use super::iovec::IoVecs;
 use super::request::{
-    build_iovecs, classify, direct_ok, execute_sync, finish, Action, S_IOERR, S_OK,
+    build_iovecs, classify, direct_ok, execute_sync, finish, publish_early, Action, S_IOERR, S_OK,
 };
 
 /// Ring size cap, whatever the queue size.
@@ -394,7 +394,11 @@ impl QueueHandler for UringHandler {
                 break;
             };
             if let Some(used) = self.start(head, q.chain(head)) {
+                let early = publish_early(q.chain(head));
                 q.complete(head, used);
+                if early {
+                    q.flush();
+                }
             }
         }
         self.submit();
