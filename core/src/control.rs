@@ -76,26 +76,8 @@ pub enum Request {
     TestTrigger(String),
 }
 
-/// One queue in a status report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct QueueReport {
-    /// Worker running.
-    pub started: bool,
-    /// Enabled by the front-end.
-    pub enabled: bool,
-    /// Requests completed.
-    pub completed: u64,
-    /// Bytes read from driver buffers.
-    pub bytes_from_driver: u64,
-    /// Bytes written into driver buffers.
-    pub bytes_to_driver: u64,
-    /// Malformed chains returned with an error.
-    pub chain_errors: u64,
-    /// Kicks received.
-    pub kicks: u64,
-    /// Notifications sent.
-    pub notifications: u64,
-}
+/// Counters of one queue, as the device reports them.
+pub use crate::handler::QueueStatus as QueueReport;
 
 /// A device's status.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -306,20 +288,7 @@ impl ControlTarget {
                     acked_features: st.acked_features,
                     acked_protocol_features: st.acked_protocol_features,
                     memory_regions: st.memory_regions,
-                    queues: st
-                        .queues
-                        .iter()
-                        .map(|q| QueueReport {
-                            started: q.started,
-                            enabled: q.enabled,
-                            completed: q.completed,
-                            bytes_from_driver: q.bytes_from_driver,
-                            bytes_to_driver: q.bytes_to_driver,
-                            chain_errors: q.chain_errors,
-                            kicks: q.kicks,
-                            notifications: q.notifications,
-                        })
-                        .collect(),
+                    queues: st.queues,
                     fields: h.device().status_fields(),
                 });
             }

@@ -203,12 +203,12 @@ pub struct HandlerStatus {
     pub asleep: bool,
 }
 
-/// Status of one queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Status of one queue (also what the control channel reports, as `control::QueueReport`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStatus {
     /// Worker running.
     pub started: bool,
-    /// SET_VRING_ENABLE state.
+    /// Enabled by the front-end (SET_VRING_ENABLE).
     pub enabled: bool,
     /// Requests completed.
     pub completed: u64,

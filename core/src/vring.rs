@@ -209,7 +209,7 @@ impl QueueIo {
         queue.set_next_avail(base);
         queue.set_next_used(guest_used);
         let n = setup.size as usize;
-        Ok(QueueIo {
+        let mut io = QueueIo {
             index: idx,
             queue,
             size: setup.size,
@@ -234,18 +234,14 @@ impl QueueIo {
             avail_host: None,
             log,
             shared,
-        }
-        .with_rings_translated())
+        };
+        io.translate_rings();
+        Ok(io)
     }
 
     /// Translates the used ring (flags, index, `size` 8-byte elements, avail_event) and the
     /// available ring (flags, index, `size` entries, used_event) to host addresses in the
     /// current snapshot; both 2-byte aligned, for atomic accesses to the indexes.
-    fn with_rings_translated(mut self) -> Self {
-        self.translate_rings();
-        self
-    }
-
     fn translate_rings(&mut self) {
         let size = u64::from(self.size);
         self.used_host = host_span(&self.mem, self.used_ring, 6 + 8 * size, 2);
@@ -507,10 +503,10 @@ impl QueueIo {
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
         if let Some(h) = self.used_host {
-            // SAFETY: `translate_rings` checked that the used ring (its `size` 8-byte elements
-            // start at `h + 4`) lies inside one mapped region of `self.mem`, the snapshot this address was
-            // translated in (it is redone whenever `mem` changes), and `self.mem` keeps that
-            // mapping alive; `pos < size`. The driver shares the memory, hence a volatile
+            // SAFETY: `translate_rings` checked that the used ring (its `size` 8-byte
+            // elements start at `h + 4`) lies inside one mapped region of `self.mem`, the
+            // snapshot this address was translated in (redone whenever `mem` changes), and
+            // `self.mem` keeps that mapping alive; `pos < size`. The driver shares the memory, hence a volatile
             // store of a byte array (alignment 1).
             unsafe { std::ptr::write_volatile((h + 4 + pos as usize * 8) as *mut [u8; 8], elem) };
             // Logged after the write, as vm-memory's accessors do: logging switched on between

@@ -164,14 +164,24 @@ def bound_text(text, bound, target, higher):
     return f"{text}; {'under' if higher else 'over'} {target}x: out of reach"
 
 
-def iops_bound(d, st, q, wl, target):
-    """Best host fio IOPS over qsd's IOPS: no server on the same kernel path gets past it."""
-    eng, host = host_best(d, st, wl, "iops")
-    qsd = med(d.values(st, q, wl, "qsd", "iops"))
+def ratio_bound(d, st, q, wl, target, fio_key, qsd_key, higher, show):
+    """Best host fio figure over qsd's (highest IOPS, or lowest p50): no server on the same
+    kernel path gets past it, and a server with no overhead still waits for the device."""
+    eng, host = host_best(d, st, wl, fio_key, pick=max if higher else min)
+    qsd = med(d.values(st, q, wl, "qsd", qsd_key))
     if eng is None or not qsd or qsd != qsd:
         return "-"
     r = host / qsd
-    return bound_text(f"host {eng} {fmt(host)} = {r:.2f}x qsd", r, target, higher=True)
+    return bound_text(f"host {eng} {show(host)} = {r:.2f}x qsd", r, target, higher)
+
+
+def iops_bound(d, st, q, wl, target):
+    return ratio_bound(d, st, q, wl, target, "iops", "iops", True, fmt)
+
+
+def lat_bound(d, st, q, wl, target):
+    return ratio_bound(d, st, q, wl, target, "p50", "lat_p50_us", False,
+                       lambda v: f"p50 {fmt(v, 1)} us")
 
 
 def eff_bound(d, st, q, wl, target):
@@ -188,16 +198,6 @@ def eff_bound(d, st, q, wl, target):
     if ps:
         text += f" (psync {fmt(ps)} = {ps / qsd:.2f}x)"
     return bound_text(text, max(per.values()) / qsd, target, higher=True)
-
-
-def lat_bound(d, st, q, wl, target):
-    """Best host fio p50 over qsd's p50: a server with no overhead still waits for the device."""
-    eng, host = host_best(d, st, wl, "p50", pick=min)
-    qsd = med(d.values(st, q, wl, "qsd", "lat_p50_us"))
-    if eng is None or not qsd or qsd != qsd:
-        return "-"
-    r = host / qsd
-    return bound_text(f"host {eng} p50 {fmt(host, 1)} us = {r:.2f}x qsd", r, target, higher=False)
 
 
 def cpu_text(d, st, q, wl, srv):
