@@ -401,7 +401,7 @@ impl QueueIo {
 
     /// Whether `pop` would find something: a request to resubmit, or an available index
     /// ahead of ours (a cheap check for busy polling).
-    fn avail_pending(&self) -> bool {
+    pub fn avail_pending(&self) -> bool {
         if !self.resubmit.is_empty() {
             return true;
         }

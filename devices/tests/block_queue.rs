@@ -44,6 +44,7 @@ impl Setup {
             logical_block_size: 512,
             engine,
             writeback: true,
+            cpus: 0,
         };
         tweak(&mut cfg);
         let qsize = cfg.queue_size;
@@ -429,3 +430,95 @@ for_both_engines!(
     image_shrunk_underneath,
     direct_io,
 );
+
+/// Submits `n` requests of `len` bytes at sectors 0, len/512, ... (writes with `seed + i`
+/// patterns, or reads checked against them) with one kick, and checks every status.
+fn batch(s: &mut Setup, ty: u32, n: usize, len: usize, seed: u8) {
+    let step = (len / 512) as u64;
+    let subs: Vec<_> = (0..n)
+        .map(|i| {
+            let bufs = if ty == VIRTIO_BLK_T_OUT {
+                block_chain(ty, step * i as u64, &pattern(len, seed + i as u8), 0)
+            } else {
+                block_chain(ty, step * i as u64, &[], len as u32)
+            };
+            s.fe.submit(0, &bufs)
+        })
+        .collect();
+    s.fe.kick(0);
+    for (id, used) in s.fe.wait(0, n) {
+        let i = subs
+            .iter()
+            .position(|x| u32::from(x.head) == id)
+            .expect("known head");
+        let r = s.fe.collect(&subs[i], used);
+        assert_eq!(r.status, S_OK, "request {i}");
+        if ty == VIRTIO_BLK_T_IN {
+            assert_eq!(r.used, len as u32 + 1);
+            assert_eq!(r.data, pattern(len, seed + i as u8), "request {i}");
+        }
+    }
+}
+
+/// With more CPUs than queues, large buffered copies that arrive together go to io_uring's
+/// kernel workers (counted), and the data is the same both ways.
+#[test]
+fn large_copies_with_company_go_to_the_kernel_workers() {
+    let Some(mut s) = Setup::new(Engine::IoUring, 1, |c| c.cpus = 4) else {
+        return;
+    };
+    batch(&mut s, VIRTIO_BLK_T_OUT, 8, 128 << 10, 1);
+    assert_eq!(s.dev.stats().offloaded, 8, "8 writes of 128 KiB at once");
+    for i in 0..8usize {
+        assert_eq!(
+            s.file_bytes((i * (128 << 10)) as u64, 128 << 10),
+            pattern(128 << 10, 1 + i as u8)
+        );
+    }
+    batch(&mut s, VIRTIO_BLK_T_IN, 8, 128 << 10, 1);
+    assert_eq!(s.dev.stats().offloaded, 16, "and 8 reads");
+    // A flush after offloaded writes in the same batch: every write is in the file first.
+    let w = s.fe.submit(
+        0,
+        &block_chain(VIRTIO_BLK_T_OUT, 0, &pattern(128 << 10, 77), 0),
+    );
+    let w2 = s.fe.submit(
+        0,
+        &block_chain(VIRTIO_BLK_T_OUT, 256, &pattern(128 << 10, 78), 0),
+    );
+    let f = s.fe.submit(0, &block_chain(VIRTIO_BLK_T_FLUSH, 0, &[], 0));
+    s.fe.kick(0);
+    let done = s.fe.wait(0, 3);
+    for sub in [&w, &w2, &f] {
+        let used = done
+            .iter()
+            .find(|d| d.0 == u32::from(sub.head))
+            .expect("completed")
+            .1;
+        assert_eq!(s.fe.collect(sub, used).status, S_OK);
+    }
+    assert_eq!(s.file_bytes(0, 128 << 10), pattern(128 << 10, 77));
+    assert_eq!(s.file_bytes(256 * 512, 128 << 10), pattern(128 << 10, 78));
+    assert_eq!(s.dev.stats().offloaded, 18);
+}
+
+/// What stays on the queue thread: a lone large request (queue depth 1), small requests in a
+/// batch, and everything when there are as many queues as CPUs.
+#[test]
+fn lone_small_or_no_spare_cpu_copies_stay_inline() {
+    let Some(mut s) = Setup::new(Engine::IoUring, 1, |c| c.cpus = 4) else {
+        return;
+    };
+    batch(&mut s, VIRTIO_BLK_T_OUT, 1, 128 << 10, 5);
+    batch(&mut s, VIRTIO_BLK_T_IN, 1, 128 << 10, 5);
+    batch(&mut s, VIRTIO_BLK_T_OUT, 16, 32 << 10, 6);
+    batch(&mut s, VIRTIO_BLK_T_IN, 16, 32 << 10, 6);
+    assert_eq!(s.dev.stats().offloaded, 0);
+
+    let Some(mut s) = Setup::new(Engine::IoUring, 2, |c| c.cpus = 2) else {
+        return;
+    };
+    batch(&mut s, VIRTIO_BLK_T_OUT, 8, 128 << 10, 9);
+    batch(&mut s, VIRTIO_BLK_T_IN, 8, 128 << 10, 9);
+    assert_eq!(s.dev.stats().offloaded, 0, "as many queues as CPUs");
+}

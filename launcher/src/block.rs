@@ -36,6 +36,9 @@ pub struct BlockOptions {
     pub writeback: bool,
     /// Bounded queue polling in microseconds (0: off).
     pub poll_us: u32,
+    /// CPUs the device may run on (0: unknown), counted before the jail
+    /// (`BlockConfig::cpus`).
+    pub cpus: usize,
 }
 
 impl From<&BlockArgs> for BlockOptions {
@@ -61,6 +64,7 @@ impl BlockOptions {
             },
             writeback: !a.writethrough,
             poll_us: a.poll_us,
+            cpus: 0,
         }
     }
 }
@@ -249,6 +253,7 @@ fn new_device(opts: &BlockOptions, file: File) -> Result<Arc<BlockDevice>, Block
         logical_block_size: opts.logical_block_size,
         engine: opts.engine,
         writeback: opts.writeback,
+        cpus: opts.cpus,
     };
     BlockDevice::new(cfg).map_err(|source| BlockSetupError::Device {
         path: opts.file.clone(),
@@ -272,6 +277,7 @@ mod tests {
             engine: Engine::Sync,
             writeback: true,
             poll_us: 0,
+            cpus: 0,
         }
     }
 

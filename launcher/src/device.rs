@@ -76,6 +76,8 @@ pub fn run_block(args: &DeviceBlockArgs) -> Result<(), DeviceError> {
             problem: format!("numbers {fds:?} must be distinct and above 2"),
         });
     }
+    // Counted before the jail: the count may come from the cgroup files under /proc and /sys.
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let jail = match args.sandbox {
         SandboxMode::Jail => {
             let fd = args.fd_seccomp.ok_or(DeviceError::NoFilters)?;
@@ -147,7 +149,8 @@ pub fn run_block(args: &DeviceBlockArgs) -> Result<(), DeviceError> {
         escape::forbidden_syscall();
     }
 
-    let opts = BlockOptions::new(args.image_name.clone(), &args.device);
+    let mut opts = BlockOptions::new(args.image_name.clone(), &args.device);
+    opts.cpus = cpus;
     let prepared = block::build(&opts, image)?;
     serve::run(prepared, listener, control, Box::new(test_trigger), signals)?;
     Ok(())

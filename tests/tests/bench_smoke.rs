@@ -66,6 +66,8 @@ fn block_server(engine: Engine, queues: u16, dir: Option<&str>, poll_us: u32) ->
         logical_block_size: 512,
         engine,
         writeback: true,
+        // More CPUs than queues: large copies with company go to io_uring's workers.
+        cpus: 4,
     })
     .expect("block device");
     LocalServer::start_with_poll_us(dev as Arc<_>, poll_us).expect("serve the block device")

@@ -47,6 +47,7 @@ pub(crate) struct Counters {
     pub write_zeroes: AtomicU64,
     pub io_errors: AtomicU64,
     pub unsupported: AtomicU64,
+    pub offloaded: AtomicU64,
 }
 
 impl Counters {

@@ -82,6 +82,12 @@ pub struct BlockConfig {
     pub engine: Engine,
     /// Initial cache mode: true is write-back (the guest flushes), false write-through.
     pub writeback: bool,
+    /// CPUs the device process may run on (0: unknown). With the io_uring engine on a
+    /// buffered image and fewer queues than CPUs, large reads and writes (64 KiB and up) that
+    /// arrive while others are in flight are handed to io_uring's kernel workers, so that
+    /// their copies run on the spare CPUs in parallel with the queue thread. With as many
+    /// queues as CPUs (or 0 here) every buffered copy stays on its queue thread.
+    pub cpus: usize,
 }
 
 /// Counters since start.
@@ -103,6 +109,8 @@ pub struct BlockStats {
     pub io_errors: u64,
     /// Requests answered with UNSUPP.
     pub unsupported: u64,
+    /// Buffered reads and writes handed to io_uring's kernel workers (`BlockConfig::cpus`).
+    pub offloaded: u64,
 }
 
 /// Device state kept in a snapshot.
@@ -120,6 +128,8 @@ pub struct BlockDevice {
     num_queues: u16,
     queue_size: u16,
     engine: Engine,
+    /// Large buffered copies may go to io_uring's kernel workers (`BlockConfig::cpus`).
+    offload: bool,
     initial_writeback: bool,
     features: Mutex<u64>,
     notifier: Mutex<Option<Arc<ConfigNotifier>>>,
@@ -212,11 +222,14 @@ impl BlockDevice {
             serial,
             writeback: cfg.writeback,
         });
+        let offload =
+            cfg.engine == Engine::IoUring && !direct && cfg.cpus > usize::from(cfg.num_queues);
         Ok(Arc::new(BlockDevice {
             disk: Arc::new(disk),
             num_queues: cfg.num_queues,
             queue_size: cfg.queue_size,
             engine: cfg.engine,
+            offload,
             initial_writeback: cfg.writeback,
             features: Mutex::new(0),
             notifier: Mutex::new(None),
@@ -304,6 +317,7 @@ impl BlockDevice {
             write_zeroes: get(&c.write_zeroes),
             io_errors: get(&c.io_errors),
             unsupported: get(&c.unsupported),
+            offloaded: get(&c.offloaded),
         }
     }
 
@@ -380,6 +394,7 @@ impl VhostUserDevice for BlockDevice {
             Engine::IoUring => Box::new(uring_engine::UringHandler::new(
                 self.disk.clone(),
                 self.queue_size,
+                self.offload,
             )?),
         })
     }
@@ -449,6 +464,7 @@ impl VhostUserDevice for BlockDevice {
             ("write_zeroes", st.write_zeroes),
             ("io_errors", st.io_errors),
             ("unsupported", st.unsupported),
+            ("offloaded", st.offloaded),
         ] {
             f.push((k.to_string(), v.to_string()));
         }

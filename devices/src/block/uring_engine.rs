@@ -3,9 +3,14 @@
 //! the ring cannot take as they are (misaligned for O_DIRECT, too many iovecs), and the rare
 //! request types (GET_ID, DISCARD, WRITE_ZEROES), run synchronously inline.
 //!
+//! On a buffered image, reads and writes are copies between the page cache and guest memory,
+//! done inline on the queue thread, except that with spare CPUs (`BlockConfig::cpus`) large
+//! ones that have company in flight go to the ring with IOSQE_ASYNC: io_uring's kernel
+//! workers then copy several at once on the other CPUs while the queue thread goes on.
+//!
 //! Each ring is locked down before it is enabled: the image file is registered as fixed file
 //! 0 and the ring only takes readv, writev and fsync SQEs that name a fixed file (FIXED_FILE
-//! is a required SQE flag, IO_DRAIN the only other one allowed). io_uring operations bypass
+//! is a required SQE flag, IO_DRAIN and ASYNC the only others allowed). io_uring operations bypass
 //! seccomp, so whoever controls the ring can still only read, write and sync the image. Fixed
 //! files also spare the kernel the file lookup and reference count (fget/fput) per request.
 
@@ -21,7 +26,8 @@ use vu_core::{Chain, Progress, QueueHandler, QueueIo};
 use super::disk::{Counters, Disk, IOV_MAX};
 use super::iovec::IoVecs;
 use super::request::{
-    build_iovecs, classify, direct_ok, execute_sync, finish, publish_early, Action, S_IOERR, S_OK,
+    build_iovecs, classify, direct_ok, execute_sync, finish, publish_early, Action, OFFLOAD_BYTES,
+    S_IOERR, S_OK,
 };
 
 /// Ring size cap, whatever the queue size.
@@ -68,6 +74,8 @@ struct Slot {
     offset: u64,
     left: u64,
     dsync: bool,
+    /// Buffered copy handed to io_uring's kernel workers (IOSQE_ASYNC).
+    offload: bool,
     iov: IoVecs,
 }
 
@@ -81,6 +89,8 @@ pub(crate) struct UringHandler {
     max_in_flight: usize,
     cqes: Vec<(u64, i32)>,
     sync_iov: IoVecs,
+    /// Large buffered copies with company go to the kernel's workers (`BlockConfig::cpus`).
+    offload: bool,
 }
 
 impl std::fmt::Debug for UringHandler {
@@ -100,13 +110,15 @@ impl UringHandler {
     }
 
     /// A ring sized for `queue_size` (at most 4096 entries) with its completion eventfd.
-    pub(crate) fn new(disk: Arc<Disk>, queue_size: u16) -> io::Result<Self> {
+    /// `offload`: large buffered copies that have company may go to the kernel's workers.
+    pub(crate) fn new(disk: Arc<Disk>, queue_size: u16, offload: bool) -> io::Result<Self> {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
             .next_power_of_two();
         // The ring starts disabled, gets its eventfd and the image file (fixed file 0), then
         // is restricted before it is enabled: only the three operations the block path
-        // submits, each with FIXED_FILE set (required) and IO_DRAIN as the only other flag.
+        // submits, each with FIXED_FILE set (required) and IO_DRAIN and ASYNC as the only
+        // other flags.
         // io_uring operations bypass seccomp, so a compromised device must not be able to
         // open files, create sockets or connect through its ring, nor read or write any other
         // file descriptor it holds (the vhost-user socket, guest memory, its eventfds): the
@@ -141,11 +153,12 @@ impl UringHandler {
             Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_op(opcode::Fsync::CODE),
             Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
-            Restriction::sqe_flags_allowed(squeue::Flags::IO_DRAIN.bits()),
+            Restriction::sqe_flags_allowed((squeue::Flags::IO_DRAIN | squeue::Flags::ASYNC).bits()),
         ])?;
         submitter.register_enable_rings()?;
         let max_in_flight = ring.params().sq_entries() as usize;
         let cq = ring.params().cq_entries() as usize;
+        let offload = offload && !disk.direct;
         Ok(UringHandler {
             disk,
             ring,
@@ -155,11 +168,13 @@ impl UringHandler {
             max_in_flight,
             cqes: Vec::with_capacity(cq),
             sync_iov: IoVecs::default(),
+            offload,
         })
     }
 
     /// Starts the request at `head`. Returns its used length if it finished here.
-    fn start(&mut self, head: u16, chain: &Chain) -> Option<u32> {
+    /// `company`: more requests are waiting in the available ring.
+    fn start(&mut self, head: u16, chain: &Chain, company: bool) -> Option<u32> {
         let action = classify(&self.disk, chain);
         let (op, offset, len) = match action {
             Action::Read { offset, len } => (Op::Read, offset, len),
@@ -168,7 +183,15 @@ impl UringHandler {
             other => return Some(execute_sync(&self.disk, chain, other, &mut self.sync_iov)),
         };
         let disk = &self.disk;
-        if op != Op::Flush && !disk.direct && !disk.nowait {
+        // A large buffered copy with others in flight or waiting goes to the kernel's
+        // workers, which run it on another CPU while this thread starts the next request. A
+        // lone one (queue depth 1) is copied here: handing it over and being woken for its
+        // completion would cost more CPU for no parallelism.
+        let offload = self.offload
+            && op != Op::Flush
+            && len >= OFFLOAD_BYTES
+            && (self.in_flight > 0 || company);
+        if op != Op::Flush && !disk.direct && !disk.nowait && !offload {
             // A buffered image whose file cannot do non-blocking I/O (tmpfs): the ring would
             // hand every request to an io-wq thread and wake us from there; the copy from the
             // page cache is cheaper done here.
@@ -192,7 +215,10 @@ impl UringHandler {
         slot.offset = offset;
         slot.left = u64::from(len);
         slot.dsync = op == Op::Write && disk.write_through();
-        if op != Op::Flush && disk.nowait {
+        slot.offload = offload;
+        if offload {
+            Counters::bump(&c.offloaded);
+        } else if op != Op::Flush && disk.nowait {
             // Buffered and non-blocking capable: try it inline (page-cache hit, or a write
             // that does not have to wait); the ring only gets what would block.
             if let Ok(n) = disk.rw_nowait(&slot.iov, offset, op == Op::Write, slot.dsync) {
@@ -228,11 +254,13 @@ impl UringHandler {
         let entry = match slot.op {
             Op::Read => opcode::Readv::new(fd, rest.as_ptr(), rest.len() as u32)
                 .offset(slot.offset)
-                .build(),
+                .build()
+                .flags(async_flag(slot.offload)),
             Op::Write => opcode::Writev::new(fd, rest.as_ptr(), rest.len() as u32)
                 .offset(slot.offset)
                 .rw_flags(if slot.dsync { libc::RWF_DSYNC } else { 0 })
-                .build(),
+                .build()
+                .flags(async_flag(slot.offload)),
             // DRAIN: starts after every earlier SQE (writes included) has completed.
             Op::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
@@ -373,6 +401,16 @@ impl UringHandler {
     }
 }
 
+/// IOSQE_ASYNC for an offloaded copy: straight to a kernel worker, without first trying it
+/// inline in io_uring_enter (which for a page-cache hit would copy on this thread).
+fn async_flag(offload: bool) -> squeue::Flags {
+    if offload {
+        squeue::Flags::ASYNC
+    } else {
+        squeue::Flags::empty()
+    }
+}
+
 impl QueueHandler for UringHandler {
     fn event_fds(&self) -> Vec<RawFd> {
         vec![self.eventfd.as_raw_fd()]
@@ -393,7 +431,8 @@ impl QueueHandler for UringHandler {
             let Some(head) = q.pop() else {
                 break;
             };
-            if let Some(used) = self.start(head, q.chain(head)) {
+            let company = q.avail_pending();
+            if let Some(used) = self.start(head, q.chain(head), company) {
                 let early = publish_early(q.chain(head));
                 q.complete(head, used);
                 if early {

@@ -199,6 +199,7 @@ pub fn serve_block<I: IntoIterator<Item = String>>(args: I) -> Result<()> {
         logical_block_size: 512,
         engine,
         writeback: true,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
     })
     .map_err(|e| anyhow!("block device: {e}"))?;
     let listener = bind_socket(&socket).map_err(|e| anyhow!("bind {}: {e}", socket.display()))?;

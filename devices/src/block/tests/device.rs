@@ -24,6 +24,7 @@ fn cfg(file: File) -> BlockConfig {
         logical_block_size: 512,
         engine: Engine::Sync,
         writeback: true,
+        cpus: 0,
     }
 }
 

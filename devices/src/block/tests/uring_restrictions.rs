@@ -27,7 +27,7 @@ unsafe fn run_one(h: &mut UringHandler, sqe: squeue::Entry) -> i32 {
 
 #[test]
 fn ring_refuses_operations_outside_the_block_path() {
-    let mut h = UringHandler::new(Arc::new(disk(1 << 20, |_| {})), 8).expect("ring");
+    let mut h = UringHandler::new(Arc::new(disk(1 << 20, |_| {})), 8, false).expect("ring");
     let path = c"/etc/hostname";
     let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build();
     // SAFETY: the path outlives the call.
@@ -44,7 +44,7 @@ fn ring_only_does_io_on_the_registered_image() {
     let d = Arc::new(disk(1 << 20, |_| {}));
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     put_file(&d, 8192, &data);
-    let mut h = UringHandler::new(d.clone(), 8).expect("ring");
+    let mut h = UringHandler::new(d.clone(), 8, false).expect("ring");
     let mut buf = vec![0u8; 4096];
     let iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -100,6 +100,23 @@ fn ring_only_does_io_on_the_registered_image() {
     let res = unsafe { run_one(&mut h, write) };
     assert_eq!(res, 4096, "writev through the fixed image");
     assert_eq!(file_bytes(&d, 16384, 4096), out);
+
+    // ASYNC (an offloaded copy) is allowed; a linked chain is not.
+    let read_async = opcode::Readv::new(types::Fixed(IMAGE), iov.as_ptr(), 1)
+        .offset(16384)
+        .build()
+        .flags(squeue::Flags::ASYNC);
+    // SAFETY: `iov` and `buf` outlive the call.
+    let res = unsafe { run_one(&mut h, read_async) };
+    assert_eq!(res, 4096, "readv through a kernel worker");
+    assert_eq!(buf, out);
+    let linked = opcode::Readv::new(types::Fixed(IMAGE), iov.as_ptr(), 1)
+        .offset(16384)
+        .build()
+        .flags(squeue::Flags::IO_LINK);
+    // SAFETY: `iov` and `buf` outlive the call.
+    let res = unsafe { run_one(&mut h, linked) };
+    assert_eq!(res, -libc::EACCES, "IO_LINK is not an allowed SQE flag");
 
     let flush = opcode::Fsync::new(types::Fixed(IMAGE))
         .flags(types::FsyncFlags::DATASYNC)
