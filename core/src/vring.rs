@@ -400,7 +400,8 @@ impl QueueIo {
     }
 
     /// Whether `pop` would find something: a request to resubmit, or an available index
-    /// ahead of ours (a cheap check for busy polling).
+    /// ahead of ours (one atomic load: for busy polling, and for a device that wants to know
+    /// whether a request it just popped has company).
     pub fn avail_pending(&self) -> bool {
         if !self.resubmit.is_empty() {
             return true;

@@ -135,6 +135,14 @@ if [ "$build" = 1 ]; then
     log "building release binaries"
     (cd "$root" && cargo build --release -q -p launcher -p vu-tests --bin launcher --bin vu-bench)
 fi
+# The source the binaries were built from, taken now: the tree may change during the run.
+source_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$root" status --porcelain -- core devices launcher tests/src 2>/dev/null | head -1)" ]; then
+    source_rev="$source_rev + uncommitted changes in core/devices/launcher/tests/src"
+fi
+if [ "$build" = 0 ]; then
+    source_rev="$source_rev (tree at the start; --no-build: the binaries may be older)"
+fi
 if [ ! -x "$launcher" ] || [ ! -x "$vubench" ]; then
     echo "compare.sh: build $launcher and $vubench first" >&2
     exit 1
@@ -387,6 +395,7 @@ json.dump({
     "seconds": $finished - $started,
     "profiles": "${profile_files[*]:-}".split(),
     "command": "tests/bench/compare.sh $orig_args",
+    "source": "$source_rev",
 }, open(sys.argv[1], "w"))
 EOF
 "$PYTHON" "$here/report.py" --results "$results" --meta "$meta" --work "$work" --out "$out"

@@ -285,10 +285,15 @@ def machine(meta):
             rows.append((label, text))
     rows.append(("qemu-storage-daemon", meta.get("qsd_version", "")))
     rows.append(("fio", sh("fio --version")))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    rev = sh(f"git -C {root} rev-parse --short HEAD")
-    dirty = sh(f"git -C {root} status --porcelain -- core devices launcher | head -1")
-    rows.append(("Source", f"{rev}{' + uncommitted changes in core/devices/launcher' if dirty else ''}"))
+    # Recorded by compare.sh when it built the binaries (the tree may change during a run);
+    # results from before it recorded that fall back to the tree as it is now.
+    source = meta.get("source")
+    if not source:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        rev = sh(f"git -C {root} rev-parse --short HEAD")
+        dirty = sh(f"git -C {root} status --porcelain -- core devices launcher | head -1")
+        source = f"{rev}{' + uncommitted changes in core/devices/launcher' if dirty else ''} (at report time)"
+    rows.append(("Source", source))
     rows.append(("Load average", f"{meta.get('load_before')} before, {meta.get('load_after')} after "
                  "(1/5/15 min; the machine is shared)"))
     return rows

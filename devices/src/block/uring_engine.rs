@@ -431,7 +431,7 @@ impl QueueHandler for UringHandler {
             let Some(head) = q.pop() else {
                 break;
             };
-            let company = q.avail_pending();
+            let company = self.offload && q.avail_pending();
             if let Some(used) = self.start(head, q.chain(head), company) {
                 let early = publish_early(q.chain(head));
                 q.complete(head, used);
