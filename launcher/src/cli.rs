@@ -357,7 +357,9 @@ pub struct BlockDeviceArgs {
 
     /// After running out of work, each queue thread keeps checking its ring for up to this many
     /// microseconds before sleeping (driver notifications are suppressed meanwhile). Trades CPU
-    /// (a busy core per queue while the guest is active) for latency. 0: off.
+    /// (a busy core per queue while the guest is active) for latency. Measure before using it
+    /// on O_DIRECT images: where the disk's I/O is served by threads that share CPUs with the
+    /// spinning ones (a small VM, a busy host), it can slow the disk itself. 0: off.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub poll_us: u32,
