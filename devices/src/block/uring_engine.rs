@@ -8,6 +8,11 @@
 //! ones that have company in flight go to the ring with IOSQE_ASYNC: io_uring's kernel
 //! workers then copy several at once on the other CPUs while the queue thread goes on.
 //!
+//! The kernel runs some SQEs on its workers anyway: every fsync, and reads or writes that
+//! would block. Where it cannot start a worker (a task limit such as the cgroup's pids.max is
+//! reached), it cancels them (ECANCELED); such a request is then finished on the queue
+//! thread, and the ring stops offloading and takes flushes inline when nothing is in flight.
+//!
 //! Each ring is locked down before it is enabled: the image file is registered as fixed file
 //! 0 and the ring only takes readv, writev and fsync SQEs that name a fixed file (FIXED_FILE
 //! is a required SQE flag, IO_DRAIN and ASYNC the only others allowed). io_uring operations bypass
@@ -91,6 +96,8 @@ pub(crate) struct UringHandler {
     sync_iov: IoVecs,
     /// Large buffered copies with company go to the kernel's workers (`BlockConfig::cpus`).
     offload: bool,
+    /// The kernel cancelled a request because it could not start a worker.
+    no_workers: bool,
 }
 
 impl std::fmt::Debug for UringHandler {
@@ -169,6 +176,7 @@ impl UringHandler {
             cqes: Vec::with_capacity(cq),
             sync_iov: IoVecs::default(),
             offload,
+            no_workers: false,
         })
     }
 
@@ -183,6 +191,11 @@ impl UringHandler {
             other => return Some(execute_sync(&self.disk, chain, other, &mut self.sync_iov)),
         };
         let disk = &self.disk;
+        if op == Op::Flush && self.no_workers && self.in_flight == 0 {
+            // The ring's fsync would wait for a worker the kernel cannot start; with nothing
+            // in flight there is nothing for it to drain either.
+            return Some(execute_sync(disk, chain, action, &mut self.sync_iov));
+        }
         // A large buffered copy with others in flight or waiting goes to the kernel's
         // workers, which run it on another CPU while this thread starts the next request. A
         // lone one (queue depth 1) is copied here: handing it over and being woken for its
@@ -337,6 +350,9 @@ impl UringHandler {
             tracing::error!(user_data, "io_uring completion for no request");
             return;
         };
+        if res == -libc::ECANCELED {
+            return self.finish_inline(q, head);
+        }
         let slot = &mut self.slots[head as usize];
         let status = match slot.op {
             Op::Flush if res < 0 => S_IOERR,
@@ -362,6 +378,33 @@ impl UringHandler {
             let e = io::Error::from_raw_os_error(-res);
             vu_core::warn_ratelimited!(op = ?slot.op, offset = slot.offset, error = %e, "block I/O failed");
         }
+        self.complete(q, head, status);
+    }
+
+    /// Finishes on this thread a request the kernel cancelled: it could not start a worker
+    /// for it (we never cancel requests). The ring stops offloading from then on.
+    fn finish_inline(&mut self, q: &mut QueueIo, head: u16) {
+        if !self.no_workers {
+            self.no_workers = true;
+            self.offload = false;
+            tracing::warn!(
+                "io_uring could not start a kernel worker (a task limit such as pids.max?); \
+                 this queue now copies on its own thread and syncs inline"
+            );
+        }
+        let disk = &self.disk;
+        let slot = &mut self.slots[head as usize];
+        let done = match slot.op {
+            Op::Flush => disk.sync(),
+            op => disk.rw_vectored(&mut slot.iov, slot.offset, op == Op::Write, slot.dsync),
+        };
+        let status = match done {
+            Ok(()) => S_OK,
+            Err(e) => {
+                vu_core::warn_ratelimited!(op = ?slot.op, offset = slot.offset, error = %e, "block I/O failed");
+                S_IOERR
+            }
+        };
         self.complete(q, head, status);
     }
 
