@@ -278,9 +278,10 @@ impl Handler {
         }
     }
 
-    /// Lets each queue worker busy-poll its available ring (and the device's completions)
-    /// for up to `us` microseconds after it runs out of work, before it sleeps; driver
-    /// notifications are suppressed meanwhile. 0 (the default) turns polling off. Applies to
+    /// Lets each queue worker busy-poll its available ring for up to `us` microseconds after
+    /// it runs out of work, before it sleeps; driver notifications are suppressed meanwhile.
+    /// While the device has requests in the kernel the worker sleeps until they complete
+    /// instead (`QueueHandler::in_flight`). 0 (the default) turns polling off. Applies to
     /// queues started afterwards.
     pub fn set_poll_us(&mut self, us: u32) {
         self.poll_us = us;

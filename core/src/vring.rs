@@ -638,7 +638,8 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a worker thread for `io`, woken by `kick`. With `poll_us` > 0 it busy-polls
-    /// for that long after running out of work before it sleeps.
+    /// for that long after running out of work before it sleeps (not while the device has
+    /// requests in the kernel).
     pub fn spawn(
         io: QueueIo,
         handler: Box<dyn QueueHandler>,
@@ -735,10 +736,10 @@ fn process(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
     }
 }
 
-/// Busy-polls the available ring and the device for up to `budget` after the last work
-/// found, with driver notifications suppressed (NO_NOTIFY; with EVENT_IDX the avail event is
-/// left behind, so the driver kicks at most once), then re-enables them and looks once
-/// more, so that a request made available just before the enable is not missed. Stops
+/// Busy-polls the available ring for up to `budget` after the last work found, as long as
+/// none of the queue's requests is in the kernel (then it sleeps until their completion),
+/// with driver notifications suppressed (NO_NOTIFY; with EVENT_IDX the avail event is left
+/// behind, so the driver kicks at most once), then re-enables them and looks once more, so that a request made available just before the enable is not missed. Stops
 /// early when a command is waiting.
 fn poll_queue(
     io: &mut QueueIo,
@@ -765,7 +766,11 @@ fn poll_queue(
         if worked {
             io.flush();
             since = Instant::now();
-        } else if since.elapsed() >= budget {
+        } else if since.elapsed() >= budget || handler.in_flight() > 0 {
+            // Requests in the kernel: their completion wakes us (the device's event fd). A
+            // thread that spins meanwhile saves nothing the kernel is not already waiting
+            // for, and takes the CPU its I/O may need (io_uring's workers copying buffered
+            // data, or, in a VM, the hypervisor's disk emulation).
             break;
         }
         if cmds.try_lock().is_ok_and(|q| !q.is_empty()) {

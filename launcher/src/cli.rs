@@ -356,10 +356,11 @@ pub struct BlockDeviceArgs {
     pub writethrough: bool,
 
     /// After running out of work, each queue thread keeps checking its ring for up to this many
-    /// microseconds before sleeping (driver notifications are suppressed meanwhile). Trades CPU
-    /// (a busy core per queue while the guest is active) for latency. Measure before using it
-    /// on O_DIRECT images: where the disk's I/O is served by threads that share CPUs with the
-    /// spinning ones (a small VM, a busy host), it can slow the disk itself. 0: off.
+    /// microseconds before sleeping (driver notifications are suppressed meanwhile), as long as
+    /// none of its requests is in the kernel; with I/O in flight it sleeps until a completion
+    /// or a kick. Trades CPU (a busy core per queue while the guest is active) for latency:
+    /// it pays off where requests finish on the queue thread (buffered images in the page
+    /// cache), much less on a disk. 0: off.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub poll_us: u32,
