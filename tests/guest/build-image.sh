@@ -186,8 +186,11 @@ while read -r applet; do
     mkdir -p "$ROOT/$(dirname "$applet")"
     [[ -e $ROOT/$applet || -L $ROOT/$applet ]] || ln -s /bin/busybox "$ROOT/$applet"
 done < <("$BUSYBOX" --list-full)
+# The list is read once: `busybox --list | grep -q` fails under pipefail whenever grep's early
+# exit makes busybox die of SIGPIPE, which depends on timing.
+applets=$("$BUSYBOX" --list)
 for a in blkdiscard dd sync cmp md5sum sha256sum insmod setsid cttyhack stty poweroff; do
-    "$BUSYBOX" --list | grep -qx "$a" || die "busybox lacks the $a applet"
+    grep -qx "$a" <<<"$applets" || die "busybox lacks the $a applet"
 done
 
 # --- fio and its shared libraries -------------------------------------------------------------
