@@ -435,16 +435,17 @@ for_both_engines!(
 /// patterns, or reads checked against them) with one kick, and checks every status.
 fn batch(s: &mut Setup, ty: u32, n: usize, len: usize, seed: u8) {
     let step = (len / 512) as u64;
-    let subs: Vec<_> = (0..n)
+    let chains: Vec<_> = (0..n)
         .map(|i| {
-            let bufs = if ty == VIRTIO_BLK_T_OUT {
+            if ty == VIRTIO_BLK_T_OUT {
                 block_chain(ty, step * i as u64, &pattern(len, seed + i as u8), 0)
             } else {
                 block_chain(ty, step * i as u64, &[], len as u32)
-            };
-            s.fe.submit(0, &bufs)
+            }
         })
         .collect();
+    // One index update: a worker still awake from the previous batch sees all of it.
+    let subs = s.fe.submit_batch(0, &chains);
     s.fe.kick(0);
     for (id, used) in s.fe.wait(0, n) {
         let i = subs
@@ -478,18 +479,18 @@ fn large_copies_with_company_go_to_the_kernel_workers() {
     batch(&mut s, VIRTIO_BLK_T_IN, 8, 128 << 10, 1);
     assert_eq!(s.dev.stats().offloaded, 16, "and 8 reads");
     // A flush after offloaded writes in the same batch: every write is in the file first.
-    let w = s.fe.submit(
+    let subs = s.fe.submit_batch(
         0,
-        &block_chain(VIRTIO_BLK_T_OUT, 0, &pattern(128 << 10, 77), 0),
+        &[
+            block_chain(VIRTIO_BLK_T_OUT, 0, &pattern(128 << 10, 77), 0),
+            block_chain(VIRTIO_BLK_T_OUT, 256, &pattern(128 << 10, 78), 0),
+            block_chain(VIRTIO_BLK_T_FLUSH, 0, &[], 0),
+        ],
     );
-    let w2 = s.fe.submit(
-        0,
-        &block_chain(VIRTIO_BLK_T_OUT, 256, &pattern(128 << 10, 78), 0),
-    );
-    let f = s.fe.submit(0, &block_chain(VIRTIO_BLK_T_FLUSH, 0, &[], 0));
+    let (w, w2, f) = (&subs[0], &subs[1], &subs[2]);
     s.fe.kick(0);
     let done = s.fe.wait(0, 3);
-    for sub in [&w, &w2, &f] {
+    for sub in [w, w2, f] {
         let used = done
             .iter()
             .find(|d| d.0 == u32::from(sub.head))

@@ -267,6 +267,11 @@ impl Frontend {
 
     /// Writes `bufs` as one chain and makes it available (no kick).
     pub fn submit(&mut self, q: usize, bufs: &[Buf]) -> Submitted {
+        self.place(q, bufs, true)
+    }
+
+    /// Writes the chain `bufs` into ring `q`; `publish`: also makes it available.
+    fn place(&mut self, q: usize, bufs: &[Buf], publish: bool) -> Submitted {
         let mut writable = Vec::new();
         let mut descs = Vec::new();
         for b in bufs {
@@ -311,10 +316,29 @@ impl Frontend {
             .expect("avail ring");
         r.avail_idx = r.avail_idx.wrapping_add(1);
         r.outstanding += 1;
+        if publish {
+            self.publish(q);
+        }
+        Submitted { head, writable }
+    }
+
+    /// Makes everything placed in ring `q` so far available to the device.
+    fn publish(&self, q: usize) {
+        let r = &self.rings[q];
         self.mem
             .store(r.avail_idx, GuestAddress(r.avail + 2), Ordering::Release)
             .expect("avail idx");
-        Submitted { head, writable }
+    }
+
+    /// Places every chain of `chains` in ring `q`, then makes them available with one
+    /// index update: the device sees the whole batch at once (not as it is written).
+    pub fn submit_batch(&mut self, q: usize, chains: &[Vec<Buf>]) -> Vec<Submitted> {
+        let subs = chains
+            .iter()
+            .map(|bufs| self.place(q, bufs, false))
+            .collect();
+        self.publish(q);
+        subs
     }
 
     /// Kicks ring `q`.
