@@ -507,8 +507,8 @@ impl QueueIo {
             // SAFETY: `translate_rings` checked that the used ring (its `size` 8-byte
             // elements start at `h + 4`) lies inside one mapped region of `self.mem`, the
             // snapshot this address was translated in (redone whenever `mem` changes), and
-            // `self.mem` keeps that mapping alive; `pos < size`. The driver shares the memory, hence a volatile
-            // store of a byte array (alignment 1).
+            // `self.mem` keeps that mapping alive; `pos < size`. The driver shares the memory,
+            // hence a volatile store of a byte array (alignment 1).
             unsafe { std::ptr::write_volatile((h + 4 + pos as usize * 8) as *mut [u8; 8], elem) };
             // Logged after the write, as vm-memory's accessors do: logging switched on between
             // a check and the write could otherwise miss it.
@@ -739,8 +739,9 @@ fn process(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
 /// Busy-polls the available ring for up to `budget` after the last work found, as long as
 /// none of the queue's requests is in the kernel (then it sleeps until their completion),
 /// with driver notifications suppressed (NO_NOTIFY; with EVENT_IDX the avail event is left
-/// behind, so the driver kicks at most once), then re-enables them and looks once more, so that a request made available just before the enable is not missed. Stops
-/// early when a command is waiting.
+/// behind, so the driver kicks at most once), then re-enables them and looks once more, so
+/// that a request made available just before the enable is not missed. Stops early when a
+/// command is waiting.
 fn poll_queue(
     io: &mut QueueIo,
     handler: &mut dyn QueueHandler,

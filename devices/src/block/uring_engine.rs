@@ -15,9 +15,10 @@
 //!
 //! Each ring is locked down before it is enabled: the image file is registered as fixed file
 //! 0 and the ring only takes readv, writev and fsync SQEs that name a fixed file (FIXED_FILE
-//! is a required SQE flag, IO_DRAIN and ASYNC the only others allowed). io_uring operations bypass
-//! seccomp, so whoever controls the ring can still only read, write and sync the image. Fixed
-//! files also spare the kernel the file lookup and reference count (fget/fput) per request.
+//! is a required SQE flag, IO_DRAIN and ASYNC the only others allowed). io_uring operations
+//! bypass seccomp, so whoever controls the ring can still only read, write and sync the
+//! image. Fixed files also spare the kernel the file lookup and reference count (fget/fput)
+//! per request.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -117,7 +118,8 @@ impl UringHandler {
     }
 
     /// A ring sized for `queue_size` (at most 4096 entries) with its completion eventfd.
-    /// `offload`: large buffered copies that have company may go to the kernel's workers.
+    /// `offload`: large buffered copies that have company may go to the kernel's workers (the
+    /// device decides: buffered image, fewer queues than CPUs).
     pub(crate) fn new(disk: Arc<Disk>, queue_size: u16, offload: bool) -> io::Result<Self> {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
@@ -165,7 +167,6 @@ impl UringHandler {
         submitter.register_enable_rings()?;
         let max_in_flight = ring.params().sq_entries() as usize;
         let cq = ring.params().cq_entries() as usize;
-        let offload = offload && !disk.direct;
         Ok(UringHandler {
             disk,
             ring,
