@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
 # Short libFuzzer runs of the vu-core fuzz targets (core/fuzz, cargo-fuzz layout).
-# Exits non-zero if any target crashes, panics, leaks, runs out of memory or hangs.
+# Exits non-zero if any target crashes, panics, runs out of memory or hangs.
 #
-#   FUZZ_SECONDS  seconds per target (default 30)
-#   FUZZ_TARGETS  space-separated targets (default: all three)
+#   FUZZ_SECONDS    seconds per target (default 30)
+#   FUZZ_RUNS       if set, a target also stops after this many executions (libFuzzer
+#                   -runs): a campaign of N executions per target, FUZZ_SECONDS its bound
+#   FUZZ_TARGETS    space-separated targets (default: all of them)
+#   FUZZ_SANITIZER  none (default) or address. The targets drive safe Rust whose unsafe code
+#                   touches memory-mapped guest memory, which AddressSanitizer does not
+#                   shadow; it slows every target 2-3x. Use address for an occasional run.
+#   FUZZ_MINIMIZE   1: afterwards, fold what the run found into the committed minimized
+#                   corpus (core/fuzz/corpus/min/<target>/, libFuzzer -merge), so that the
+#                   next campaign starts where this one ended.
 #
-# The committed seeds in core/fuzz/corpus/seed/<target>/ are read, never written:
-# new inputs go to core/fuzz/corpus/<target>/ (git-ignored), crashes to
+# Corpora: core/fuzz/corpus/seed/<target>/ (written by the gen_seeds example) and
+# core/fuzz/corpus/min/<target>/ (minimized campaign results) are committed and read; new
+# inputs go to core/fuzz/corpus/<target>/ (git-ignored), crashes to
 # core/fuzz/artifacts/<target>/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-message_dispatch descriptor_chain snapshot_decode}"
+runs=()
+if [ -n "${FUZZ_RUNS:-}" ]; then
+    runs=(-runs="$FUZZ_RUNS")
+fi
+targets="${FUZZ_TARGETS:-message_dispatch descriptor_chain snapshot_decode block_request net_tx rng_request vsock_tx}"
+sanitizer="${FUZZ_SANITIZER:-none}"
 # cargo-fuzz passes -Z flags (sanitizers, coverage); this lets the stable toolchain take them.
 export RUSTC_BOOTSTRAP=1
 
@@ -23,18 +37,19 @@ fi
 
 cd core
 for t in $targets; do
-    cargo fuzz build "$t"
+    cargo fuzz build -s "$sanitizer" "$t"
 done
 
 failed=()
 for t in $targets; do
-    mkdir -p "fuzz/corpus/$t"
+    mkdir -p "fuzz/corpus/$t" "fuzz/corpus/min/$t"
     log="$(mktemp)"
-    echo "fuzz: $t for ${seconds}s"
+    echo "fuzz: $t for ${seconds}s (sanitizer: $sanitizer)"
     # -timeout: a single input running this long is a hang (a finding, not a slow machine:
     # inputs take milliseconds). Without it libFuzzer waits 1200 s per input.
-    if cargo fuzz run "$t" "fuzz/corpus/$t" "fuzz/corpus/seed/$t" -- \
-        -max_total_time="$seconds" -timeout=25 -print_final_stats=1 >"$log" 2>&1; then
+    if cargo fuzz run -s "$sanitizer" "$t" "fuzz/corpus/$t" "fuzz/corpus/min/$t" \
+        "fuzz/corpus/seed/$t" -- \
+        -max_total_time="$seconds" "${runs[@]}" -timeout=25 -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
             "$log" | sed "s/^/fuzz: $t: /"
     else
@@ -48,5 +63,26 @@ done
 if [ "${#failed[@]}" -ne 0 ]; then
     echo "fuzz: failed: ${failed[*]} (reproducers in core/fuzz/artifacts/)"
     exit 1
+fi
+
+if [ "${FUZZ_MINIMIZE:-0}" = 1 ]; then
+    for t in $targets; do
+        # Keep what adds coverage to the seeds: merge the old minimized corpus and this
+        # run's inputs into a fresh directory that starts as a copy of the seeds, then drop
+        # the seeds from it again.
+        fresh="$(mktemp -d)"
+        cp "fuzz/corpus/seed/$t/"* "$fresh/"
+        # (What `cargo fuzz cmin` does, with the seeds counted as already covered.)
+        cargo fuzz run -s "$sanitizer" "$t" "$fresh" "fuzz/corpus/min/$t" "fuzz/corpus/$t" \
+            -- -merge=1 -timeout=25 >/dev/null 2>&1
+        for s in "fuzz/corpus/seed/$t/"*; do
+            rm -f "$fresh/$(basename "$s")"
+        done
+        rm -rf "fuzz/corpus/min/$t"
+        mkdir -p "fuzz/corpus/min/$t"
+        cp "$fresh/"* "fuzz/corpus/min/$t/" 2>/dev/null || true
+        rm -rf "$fresh"
+        echo "fuzz: $t: $(ls "fuzz/corpus/min/$t" | wc -l) inputs in corpus/min/$t"
+    done
 fi
 echo "fuzz: all targets clean"

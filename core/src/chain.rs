@@ -35,6 +35,28 @@ fn descriptor(b: [u8; 16]) -> Descriptor {
     )
 }
 
+/// The table an indirect descriptor points to: its address and number of descriptors
+/// (at most the queue size or `MAX_INDIRECT_DESCRIPTORS`, whichever is larger).
+fn indirect_table(
+    mem: &GuestMem,
+    d: &Descriptor,
+    queue_size: u16,
+) -> Result<(GuestAddress, u16), ChainError> {
+    let len = d.len();
+    let n = len as u64 / DESC_SIZE;
+    let max = queue_size.max(MAX_INDIRECT_DESCRIPTORS) as u64;
+    if len == 0 || !(len as u64).is_multiple_of(DESC_SIZE) || n > max {
+        return Err(ChainError::BadIndirectLen(len));
+    }
+    if !mem.check_range(d.addr(), len as usize) {
+        return Err(ChainError::OutOfMemory {
+            addr: d.addr().0,
+            len: len as u64,
+        });
+    }
+    Ok((d.addr(), n as u16))
+}
+
 /// Why a chain was refused. The queue completes such a chain with length 0 and goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -258,22 +280,9 @@ impl Chain {
                 if !indirect_ok || flags & F_NEXT != 0 {
                     return Err(ChainError::IndirectNotAllowed);
                 }
-                let len = d.len();
-                let n = len as u64 / DESC_SIZE;
-                let max = queue_size.max(MAX_INDIRECT_DESCRIPTORS) as u64;
-                if len == 0 || !(len as u64).is_multiple_of(DESC_SIZE) || n > max {
-                    return Err(ChainError::BadIndirectLen(len));
-                }
-                if !mem.check_range(d.addr(), len as usize) {
-                    return Err(ChainError::OutOfMemory {
-                        addr: d.addr().0,
-                        len: len as u64,
-                    });
-                }
-                table = d.addr();
-                table_len = n as u16;
-                table_host = host_span(mem, table.0, len as u64, 1);
-                budget = n as u32;
+                (table, table_len) = indirect_table(mem, &d, queue_size)?;
+                table_host = host_span(mem, table.0, u64::from(table_len) * DESC_SIZE, 1);
+                budget = u32::from(table_len);
                 idx = 0;
                 indirect = true;
                 continue;

@@ -5,9 +5,8 @@
 //! one response; a request that cannot be decoded gets `Response::Error` and the channel stays
 //! open; a broken frame (length beyond [`MAX_FRAME`], EOF mid-frame) closes it.
 //!
-//! The same framing carries the supervisor's own protocol on its control socket
-//! ([`SupervisorRequest`], [`SupervisorResponse`]): operator tools talk to the supervisor, which
-//! relays device-level requests to the device processes.
+//! The launcher's own protocol between `launcher ctl` and its supervisor uses the same framing
+//! ([`write_frame`], [`read_frame`]) with its own messages; it lives in the launcher.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,9 +19,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::handler::Handler;
+use crate::metrics::Metric;
 
-/// Protocol version carried in every envelope.
-pub const CONTROL_VERSION: u16 = 1;
+/// Protocol version carried in every envelope. Postcard is not self-describing: a message
+/// whose layout changes (a field added to [`DeviceReport`]) needs a new version, so that a peer
+/// of another build is refused by name rather than misread. Version 2: `DeviceReport::metrics`.
+pub const CONTROL_VERSION: u16 = 2;
 /// Largest frame accepted (snapshots included).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -98,6 +100,8 @@ pub struct DeviceReport {
     pub queues: Vec<QueueReport>,
     /// Device-specific (name, value) pairs.
     pub fields: Vec<(String, String)>,
+    /// Device-specific metrics (`VhostUserDevice::metrics`), since version 2.
+    pub metrics: Vec<Metric>,
 }
 
 /// Responses from a device.
@@ -112,75 +116,6 @@ pub enum Response {
     /// Reply to Snapshot.
     Snapshot(Vec<u8>),
     /// The request was refused, with the reason.
-    Error(String),
-}
-
-/// Requests from an operator tool (`launcher ctl`) to the supervisor. `String`s name devices.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub enum SupervisorRequest {
-    /// Every device, without asking the devices.
-    List,
-    /// Full status of one device, or of all (`None`).
-    Status(Option<String>),
-    /// Sleep the device: drain, flush, touch nothing until `Wake`.
-    Sleep(String),
-    /// Wake the device.
-    Wake(String),
-    /// The device's snapshot (it must be asleep).
-    Snapshot(String),
-    /// Restore the device from a snapshot (it must be asleep).
-    Restore(String, Vec<u8>),
-    /// Stop the device process (drain, flush, exit); its socket stays bound.
-    Stop(String),
-    /// Start a stopped or failed device.
-    Start(String),
-    /// Stop, then start the device process.
-    Restart(String),
-    /// Resize the device (bytes).
-    Resize(String, u64),
-    /// Test-only: relay a test trigger to the device (honoured by debug builds only).
-    TestTrigger(String, String),
-}
-
-/// What the supervisor knows about one device (and, for `Status`, what the device says).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DeviceStatus {
-    /// The device's name.
-    pub name: String,
-    /// Its kind ("block").
-    pub kind: String,
-    /// The vhost-user socket it serves.
-    pub socket: String,
-    /// starting, running, asleep, stopping, stopped, restarting or failed.
-    pub state: String,
-    /// The current device process.
-    pub pid: Option<i32>,
-    /// Milliseconds since the current process became ready.
-    pub uptime_ms: Option<u64>,
-    /// Device processes started after the first one (crash respawns and restarts).
-    pub restarts: u64,
-    /// Device processes that ended without being asked to.
-    pub crashes: u64,
-    /// How the last device process ended.
-    pub last_exit: Option<String>,
-    /// Why the device is failed (state `failed`).
-    pub failure: Option<String>,
-    /// The device's own report (`Status` of a live device only).
-    pub report: Option<DeviceReport>,
-    /// Why the report is missing although the device is live.
-    pub report_error: Option<String>,
-}
-
-/// Responses of the supervisor.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub enum SupervisorResponse {
-    /// Done.
-    Ok,
-    /// Reply to `List` and `Status`.
-    Devices(Vec<DeviceStatus>),
-    /// Reply to `Snapshot`.
-    Snapshot(Vec<u8>),
-    /// The request was refused or failed, with the reason.
     Error(String),
 }
 
@@ -255,15 +190,6 @@ pub fn call(stream: &mut UnixStream, req: &Request) -> Result<Response, ControlE
     read_frame(stream)
 }
 
-/// Sends a supervisor request and waits for its response.
-pub fn call_supervisor(
-    stream: &mut UnixStream,
-    req: &SupervisorRequest,
-) -> Result<SupervisorResponse, ControlError> {
-    write_frame(stream, req)?;
-    read_frame(stream)
-}
-
 /// Device-side state the control server reports on.
 #[derive(Debug, Clone)]
 pub struct ControlTarget {
@@ -290,6 +216,7 @@ impl ControlTarget {
                     memory_regions: st.memory_regions,
                     queues: st.queues,
                     fields: h.device().status_fields(),
+                    metrics: h.device().metrics(),
                 });
             }
             Request::Sleep => h.sleep(),
@@ -345,25 +272,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn supervisor_messages_round_trip() {
-        let mut buf = Vec::new();
-        let req = SupervisorRequest::Restore("disk0".into(), vec![1, 2, 3]);
-        write_frame(&mut buf, &req).expect("write");
-        let back: SupervisorRequest = read_frame(&mut buf.as_slice()).expect("read");
-        assert_eq!(back, req);
-        let resp = SupervisorResponse::Devices(vec![DeviceStatus {
-            name: "disk0".into(),
-            state: "running".into(),
-            pid: Some(7),
-            ..DeviceStatus::default()
-        }]);
-        let mut buf = Vec::new();
-        write_frame(&mut buf, &resp).expect("write");
-        let back: SupervisorResponse = read_frame(&mut buf.as_slice()).expect("read");
-        assert_eq!(back, resp);
-    }
-
-    #[test]
     fn frames_round_trip_and_refuse_garbage() {
         let mut buf = Vec::new();
         write_frame(&mut buf, &Request::Resize(1 << 30)).expect("write");
@@ -381,7 +289,7 @@ mod tests {
         ));
         // Garbage and oversized frames.
         assert!(matches!(
-            decode::<Request>(&[1, 0, 0xff, 0xff]),
+            decode::<Request>(&[CONTROL_VERSION as u8, 0, 0xff, 0xff]),
             Err(ControlError::Decode(_))
         ));
         let huge = (MAX_FRAME as u32 + 1).to_le_bytes();

@@ -37,12 +37,39 @@ pub enum Progress {
     Busy,
 }
 
+/// What a queue worker waits for on one of its handler's event fds (`QueueHandler::event_fds`).
+/// Every event fd starts as `QueueHandler::initial_interest` says (`Readable` by default); a
+/// handler changes it with `QueueIo::set_interest`, for example to stop watching a tap that
+/// has frames while the driver has posted no receive buffers (a level-triggered wait would
+/// otherwise spin), or to wait for room to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Not watched.
+    None,
+    /// Readable (EPOLLIN).
+    Readable,
+    /// Writable (EPOLLOUT).
+    Writable,
+    /// Readable or writable.
+    Both,
+}
+
 /// Per-queue device logic, run on the queue's worker thread.
 pub trait QueueHandler: Send {
     /// Extra file descriptors the worker should poll for this queue (e.g. an io_uring
-    /// completion eventfd). When one becomes readable `handle_event(i)` is called.
+    /// completion eventfd, a tap, a socket). When one becomes ready `handle_event(i)` is
+    /// called. Each is watched as `initial_interest` says (readability by default) until the
+    /// handler says otherwise (`QueueIo::set_interest`); none is watched while the queue
+    /// sleeps.
     fn event_fds(&self) -> Vec<RawFd> {
         Vec::new()
+    }
+
+    /// What the worker waits for on `event_fds()[index]` when the queue starts; `Readable`
+    /// unless the handler says otherwise (a fd it only writes to, for example, starts as
+    /// `None` and is watched for `Writable` only once a write would block).
+    fn initial_interest(&self, _index: usize) -> Interest {
+        Interest::Readable
     }
 
     /// Take requests from the queue (`q.pop()`), start or finish them, complete them with
@@ -55,7 +82,22 @@ pub trait QueueHandler: Send {
         false
     }
 
-    /// `event_fds()[index]` became readable.
+    /// Called before the worker sleeps, and again after a wait that a signal cut short:
+    /// complete device work that has already finished, without blocking, and return true
+    /// if anything was completed (the worker then publishes it and asks again). An
+    /// optimisation, not a way to learn of completions: work that finishes later must still
+    /// make one of `event_fds()` ready. It saves a round trip where the work is often done
+    /// by the time the worker would wait: io_uring completions, for example, that the kernel
+    /// posts as task work when the worker returns from a system call (typically the wait
+    /// they interrupted). Collected here, the ring's fd is no longer ready when the worker
+    /// waits, instead of returning at once for `handle_event`. Default: nothing to collect.
+    fn before_sleep(&mut self, _q: &mut QueueIo) -> bool {
+        false
+    }
+
+    /// `event_fds()[index]` became ready (readable or writable, as its interest says). The
+    /// worker calls `process` afterwards if the ring was not drained when last looked at, or
+    /// if the handler asked for it (`QueueIo::request_process`).
     fn handle_event(&mut self, _index: usize, _q: &mut QueueIo) {}
 
     /// Whether requests are in flight inside the device.
@@ -87,6 +129,15 @@ pub trait VhostUserDevice: Send + Sync + 'static {
 
     /// Extra protocol features the device wants offered (e.g. CONFIG).
     fn protocol_features(&self) -> u64 {
+        0
+    }
+
+    /// Core protocol features the device asks the core not to offer (default: none). For
+    /// devices whose front-end reconnects without negotiating again: QEMU's vhost-user-rng
+    /// keeps its record of the memory regions it sent with ADD_MEM_REG across a reconnect
+    /// and never sends them to a new back-end, so the rng device withholds
+    /// CONFIGURE_MEM_SLOTS (QEMU then sends the whole table with SET_MEM_TABLE each time).
+    fn withheld_protocol_features(&self) -> u64 {
         0
     }
 
@@ -145,6 +196,13 @@ pub trait VhostUserDevice: Send + Sync + 'static {
 
     /// Device-specific facts and counters for status reports, as (name, value) pairs.
     fn status_fields(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Device-specific metrics for the supervisor's Prometheus exposition (`launcher start
+    /// --metrics`), typed: counters and gauges with units and labels. Names start with the
+    /// device's kind (`block_reads`); see [`crate::metrics`]. Cheap: called on every scrape.
+    fn metrics(&self) -> Vec<crate::metrics::Metric> {
         Vec::new()
     }
 

@@ -278,6 +278,16 @@ impl InflightQueue {
         let _ = s.store(1u8, o + D_INFLIGHT, Ordering::Release);
     }
 
+    /// A head fetched with `take` was given back unused (`QueueIo::unpop`): it is no longer in
+    /// flight; the driver still offers it in the available ring.
+    pub fn untake(&self, head: u16) {
+        if head >= self.desc_num {
+            return;
+        }
+        let s = self.slice();
+        let _ = s.store(0u8, Self::desc_off(head) + D_INFLIGHT, Ordering::Release);
+    }
+
     /// A head was written to the used ring (its index not yet published).
     pub fn used(&mut self, head: u16) {
         if head >= self.desc_num {

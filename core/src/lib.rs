@@ -16,12 +16,16 @@ pub mod handler;
 pub mod inflight;
 pub mod memory;
 pub mod message;
+pub mod metrics;
+mod queue_runner;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod vring;
+pub mod worker;
 
 pub use backend_server::{bind_socket, BackendServer, ConnectionEnd};
 pub use chain::{Chain, Segment};
-pub use device::{DeviceError, Progress, QueueHandler, VhostUserDevice};
+pub use device::{DeviceError, Interest, Progress, QueueHandler, VhostUserDevice};
 pub use memory::GuestMem;
+pub use metrics::{Metric, MetricType, Unit};
 pub use vring::QueueIo;

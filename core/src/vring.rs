@@ -1,21 +1,17 @@
-//! Virtqueues: the per-queue runtime a device sees (`QueueIo`) and the worker thread that
-//! drives it (one epoll thread per queue).
+//! Virtqueues: the per-queue runtime a device sees (`QueueIo`): ring access, descriptor chains
+//! taken and completed, notifications. The thread that drives it is in `worker.rs`.
 
 use std::collections::VecDeque;
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::chain::Chain;
-use crate::device::{Progress, QueueHandler};
+use crate::device::Interest;
 use crate::dirty_log::DirtyLog;
 use crate::inflight::InflightQueue;
 use crate::memory::{host_span, GuestMem, GuestMemAtomic};
@@ -23,7 +19,8 @@ use crate::warn_ratelimited;
 
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
-/// Counters for one queue, readable while it runs.
+/// Counters for one queue, readable while it runs; the worker adds its completions once per
+/// batch (at each `QueueIo::flush`).
 #[derive(Debug, Default)]
 pub struct QueueStats {
     /// Requests completed.
@@ -38,6 +35,8 @@ pub struct QueueStats {
     pub notifications: AtomicU64,
     /// Kicks received.
     pub kicks: AtomicU64,
+    /// Requests the device holds (taken, not completed), as of the worker's last flush.
+    pub in_flight: AtomicU64,
 }
 
 /// State shared between the connection thread and a queue's worker.
@@ -77,12 +76,15 @@ impl Default for VringShared {
 }
 
 impl VringShared {
-    fn signal_call(&self) {
+    /// Signals the call eventfd, if there is one (returns whether there was).
+    fn signal_call(&self) -> bool {
         let guard = self.call.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = guard.as_ref() {
             let _ = fd.write(1);
             self.stats.notifications.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
+        false
     }
 
     fn signal_err(&self) {
@@ -91,6 +93,14 @@ impl VringShared {
             let _ = fd.write(1);
         }
     }
+}
+
+/// Completion counters kept by the worker until its next `flush`.
+#[derive(Debug, Default)]
+struct Unpublished {
+    completed: u64,
+    bytes_from_driver: u64,
+    bytes_to_driver: u64,
 }
 
 /// Everything needed to start a queue's runtime.
@@ -131,7 +141,7 @@ pub enum VringError {
 /// The runtime of one started queue, as the device sees it.
 #[derive(Debug)]
 pub struct QueueIo {
-    index: usize,
+    pub(crate) index: usize,
     queue: Queue,
     size: u16,
     used_ring: u64,
@@ -141,13 +151,22 @@ pub struct QueueIo {
     mem: Arc<GuestMem>,
     slots: Vec<Chain>,
     busy: Vec<bool>,
+    /// Per head held by the device: the fetch number (`fetch_seq`) it was read from the
+    /// available ring with, or `None` if it came from `resubmit` (see `unpop`).
+    fetched: Vec<Option<u64>>,
+    /// Entries read from the available ring so far (including refused ones), less those
+    /// given back by `unpop`.
+    fetch_seq: u64,
     in_device: usize,
-    resubmit: VecDeque<u16>,
+    pub(crate) resubmit: VecDeque<u16>,
     inflight: Option<InflightQueue>,
     counter: u64,
     next_used: Wrapping<u16>,
     signalled_used: Wrapping<u16>,
     pending_used: u16,
+    /// Counters of completions not yet added to `shared.stats` (published by `flush`, once
+    /// per batch instead of an atomic add per request).
+    unpublished: Unpublished,
     drained: bool,
     broken: bool,
     chain_errors: bool,
@@ -157,7 +176,13 @@ pub struct QueueIo {
     used_host: Option<usize>,
     avail_host: Option<usize>,
     log: Arc<DirtyLog>,
-    shared: Arc<VringShared>,
+    pub(crate) shared: Arc<VringShared>,
+    /// `set_interest` calls not yet applied by the worker.
+    pub(crate) interest_changes: Vec<(usize, Interest)>,
+    /// `request_process` was called since the worker last ran `process`.
+    pub(crate) process_requested: bool,
+    /// Signal the driver once when the queue first runs enabled: see `notify_resumed`.
+    notify_on_start: bool,
 }
 
 impl QueueIo {
@@ -220,6 +245,8 @@ impl QueueIo {
             mem,
             slots: (0..n).map(|_| Chain::default()).collect(),
             busy: vec![false; n],
+            fetched: vec![None; n],
+            fetch_seq: 0,
             in_device: 0,
             resubmit,
             inflight,
@@ -227,6 +254,7 @@ impl QueueIo {
             next_used: Wrapping(guest_used),
             signalled_used: Wrapping(guest_used),
             pending_used: 0,
+            unpublished: Unpublished::default(),
             drained: false,
             broken: false,
             chain_errors: false,
@@ -234,6 +262,9 @@ impl QueueIo {
             avail_host: None,
             log,
             shared,
+            interest_changes: Vec::new(),
+            process_requested: false,
+            notify_on_start: false,
         };
         io.translate_rings();
         Ok(io)
@@ -285,6 +316,21 @@ impl QueueIo {
         }
     }
 
+    /// Changes what the worker waits for on the handler's event fd `fd_index` (an index into
+    /// `QueueHandler::event_fds()`), from the next wait on.
+    pub fn set_interest(&mut self, fd_index: usize, interest: Interest) {
+        self.interest_changes.push((fd_index, interest));
+    }
+
+    /// Asks the worker to run `QueueHandler::process` once the current `handle_event`
+    /// returns, even if the last `pop` found the ring empty: for a handler that stopped
+    /// taking requests until some event (a rate-limit timer, a source becoming readable)
+    /// and can take them again now. (Without it the worker runs `process` after an event
+    /// only while `drained()` is false.) Ignored while the queue sleeps or is disabled.
+    pub fn request_process(&mut self) {
+        self.process_requested = true;
+    }
+
     /// Queue index.
     pub fn index(&self) -> usize {
         self.index
@@ -298,6 +344,25 @@ impl QueueIo {
     /// Current guest memory snapshot.
     pub fn memory(&self) -> &Arc<GuestMem> {
         &self.mem
+    }
+
+    /// Adds the completions since the last call to the shared counters, and the number of
+    /// requests held now (once per batch: `flush`).
+    fn publish_stats(&mut self) {
+        let stats = &self.shared.stats;
+        stats
+            .in_flight
+            .store(self.in_device as u64, Ordering::Relaxed);
+        let u = std::mem::take(&mut self.unpublished);
+        if u.completed > 0 {
+            stats.completed.fetch_add(u.completed, Ordering::Relaxed);
+            stats
+                .bytes_from_driver
+                .fetch_add(u.bytes_from_driver, Ordering::Relaxed);
+            stats
+                .bytes_to_driver
+                .fetch_add(u.bytes_to_driver, Ordering::Relaxed);
+        }
     }
 
     /// Requests taken by the device and not yet completed.
@@ -335,11 +400,14 @@ impl QueueIo {
     /// reach the device. Returns the head index; the chain is `chain(head)`.
     pub fn pop(&mut self) -> Option<u16> {
         loop {
-            let head = if let Some(h) = self.resubmit.pop_front() {
-                h
+            let (head, seq) = if let Some(h) = self.resubmit.pop_front() {
+                (h, None)
             } else {
                 match self.next_avail_head() {
-                    Some(h) => h,
+                    Some(h) => {
+                        self.fetch_seq += 1;
+                        (h, Some(self.fetch_seq))
+                    }
                     None => {
                         self.drained = true;
                         return None;
@@ -381,6 +449,7 @@ impl QueueIo {
             match self.slots[h].walk(&self.mem, desc_table, self.size, head, self.indirect) {
                 Ok(()) => {
                     self.busy[h] = true;
+                    self.fetched[h] = seq;
                     self.in_device += 1;
                     self.drained = false;
                     return Some(head);
@@ -397,6 +466,59 @@ impl QueueIo {
                 }
             }
         }
+    }
+
+    /// Gives back a chain taken with `pop` and not completed, as if it had never been taken:
+    /// a later `pop` returns it again (walked again then). Nothing is reported to the driver;
+    /// whatever the device wrote into the chain's buffers stays there (and is marked dirty
+    /// when dirty logging is on). For a device that takes buffers before it knows how many it
+    /// needs (a network device receiving a frame) and must give back those it did not use
+    /// before the queue stops or sleeps.
+    ///
+    /// A chain read from the available ring can be given back only while it is the last
+    /// entry read from it: give several back in the reverse order they were taken. (An entry
+    /// refused by `pop` in between, completed with length 0, stops that.) A chain resubmitted
+    /// after a reconnect can always be given back (it is resubmitted again first). Returns
+    /// false, changing nothing, when `head` is not held or cannot be given back: the device
+    /// must then complete it.
+    pub fn unpop(&mut self, head: u16) -> bool {
+        let h = head as usize;
+        if h >= self.busy.len() || !self.busy[h] {
+            return false;
+        }
+        match self.fetched[h] {
+            Some(seq) => {
+                if seq != self.fetch_seq {
+                    return false;
+                }
+                self.fetch_seq -= 1;
+                self.queue
+                    .set_next_avail(self.queue.next_avail().wrapping_sub(1));
+                if let Some(t) = self.inflight.as_ref() {
+                    t.untake(head);
+                }
+            }
+            // Still marked in flight: a device that dies now resubmits it again.
+            None => self.resubmit.push_front(head),
+        }
+        if self.log.is_active() {
+            for s in self.slots[h].writable() {
+                self.log.mark(s.addr, s.len as u64);
+            }
+        }
+        self.slots[h].release();
+        self.busy[h] = false;
+        self.fetched[h] = None;
+        self.in_device -= 1;
+        self.drained = false;
+        true
+    }
+
+    /// Whether the front-end has enabled the queue (SET_VRING_ENABLE; always, without
+    /// PROTOCOL_FEATURES). The worker only calls `QueueHandler::process` on an enabled queue;
+    /// a handler acting on its own event fds checks this before it touches the ring.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.enabled.load(Ordering::Acquire)
     }
 
     /// Whether `pop` would find something: a request to resubmit, or an available index
@@ -483,17 +605,13 @@ impl QueueIo {
             }
         }
         let len = len.min(self.slots[h].writable_len());
-        let stats = &self.shared.stats;
-        stats
-            .bytes_from_driver
-            .fetch_add(self.slots[h].readable_len() as u64, Ordering::Relaxed);
-        stats
-            .bytes_to_driver
-            .fetch_add(len as u64, Ordering::Relaxed);
+        let u = &mut self.unpublished;
+        u.bytes_from_driver += u64::from(self.slots[h].readable_len());
+        u.bytes_to_driver += u64::from(len);
+        u.completed += 1;
         self.slots[h].release();
         self.busy[h] = false;
         self.in_device -= 1;
-        self.shared.stats.completed.fetch_add(1, Ordering::Relaxed);
         self.push_used(head, len);
     }
 
@@ -524,12 +642,31 @@ impl QueueIo {
         self.pending_used = self.pending_used.wrapping_add(1);
     }
 
-    /// Publishes completed requests and notifies the driver if it wants to be told.
+    /// Asks for one notification of the driver when the queue first runs enabled, if its
+    /// used ring already has completions: the handler asks on the first start of a queue on
+    /// a connection. A previous back-end (a process that was killed, a back-end before a
+    /// reconnect) may have published completions and died before it signalled them; a driver
+    /// that waits for that interrupt without a timeout (Linux's virtio_rng) would wait
+    /// forever. A spurious notification is harmless: drivers look at the used ring.
+    pub(crate) fn notify_on_first_run(&mut self) {
+        self.notify_on_start = self.next_used.0 != 0;
+    }
+
+    /// See `notify_on_first_run`; kept pending until a call eventfd is set.
+    pub(crate) fn notify_resumed(&mut self) {
+        if self.notify_on_start && self.shared.signal_call() {
+            self.notify_on_start = false;
+        }
+    }
+
+    /// Publishes completed requests and notifies the driver if it wants to be told; updates
+    /// the queue's counters (`VringShared::stats`).
     pub fn flush(&mut self) {
         if self.chain_errors {
             self.chain_errors = false;
             self.shared.signal_err();
         }
+        self.publish_stats();
         if self.pending_used == 0 {
             return;
         }
@@ -585,13 +722,13 @@ impl QueueIo {
         }
     }
 
-    fn disable_notification(&mut self) {
+    pub(crate) fn disable_notification(&mut self) {
         let mem = self.mem.clone();
         let _ = self.queue.disable_notification(&*mem);
     }
 
     /// Re-enables driver notifications; returns true if more buffers arrived meanwhile.
-    fn enable_notification(&mut self) -> bool {
+    pub(crate) fn enable_notification(&mut self) -> bool {
         if self.broken {
             return false;
         }
@@ -616,276 +753,5 @@ impl QueueIo {
                 false
             }
         }
-    }
-}
-
-/// Commands from the connection thread to a worker.
-#[derive(Debug)]
-enum Command {
-    Stop,
-    Sleep(mpsc::Sender<()>),
-    Wake,
-    Poke,
-}
-
-/// Handle to a running queue worker.
-#[derive(Debug)]
-pub struct Worker {
-    ctl: Arc<EventFd>,
-    cmds: Arc<Mutex<VecDeque<Command>>>,
-    thread: Option<JoinHandle<QueueIo>>,
-}
-
-impl Worker {
-    /// Starts a worker thread for `io`, woken by `kick`. With `poll_us` > 0 it busy-polls
-    /// for that long after running out of work before it sleeps (not while the device has
-    /// requests in the kernel).
-    pub fn spawn(
-        io: QueueIo,
-        handler: Box<dyn QueueHandler>,
-        kick: EventFd,
-        device: &str,
-        poll_us: u32,
-    ) -> Result<Self, VringError> {
-        let ctl = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VringError::Worker)?);
-        let cmds = Arc::new(Mutex::new(VecDeque::new()));
-        let epoll = Epoll::new().map_err(VringError::Worker)?;
-        let add = |fd: RawFd, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        add(kick.as_raw_fd(), TOKEN_KICK).map_err(VringError::Worker)?;
-        add(ctl.as_raw_fd(), TOKEN_CTL).map_err(VringError::Worker)?;
-        for (i, fd) in handler.event_fds().into_iter().enumerate() {
-            add(fd, TOKEN_DEV + i as u64).map_err(VringError::Worker)?;
-        }
-        let name = format!("{}-q{}", device, io.index);
-        let (c2, q2) = (ctl.clone(), cmds.clone());
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(io, handler, kick, epoll, c2, q2, poll_us))
-            .map_err(VringError::Worker)?;
-        Ok(Worker {
-            ctl,
-            cmds,
-            thread: Some(thread),
-        })
-    }
-
-    fn send(&self, cmd: Command) {
-        self.cmds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(cmd);
-        let _ = self.ctl.write(1);
-    }
-
-    /// Wakes the worker to look at the ring again (e.g. after SET_VRING_ENABLE).
-    pub fn poke(&self) {
-        self.send(Command::Poke);
-    }
-
-    /// Drains the device's requests and blocks until the queue is quiet.
-    pub fn sleep(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Sleep(tx));
-        let _ = rx.recv();
-    }
-
-    /// Resumes after `sleep`.
-    pub fn wake(&self) {
-        self.send(Command::Wake);
-    }
-
-    /// Drains, stops the thread and returns the runtime (for its ring indexes).
-    pub fn stop(mut self) -> Option<QueueIo> {
-        self.send(Command::Stop);
-        self.thread.take().and_then(|t| t.join().ok())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.send(Command::Stop);
-            let _ = t.join();
-        }
-    }
-}
-
-const TOKEN_KICK: u64 = 0;
-const TOKEN_CTL: u64 = 1;
-const TOKEN_DEV: u64 = 2;
-
-fn process(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
-    io.refresh_memory();
-    if !io.shared.enabled.load(Ordering::Acquire) {
-        return;
-    }
-    loop {
-        io.disable_notification();
-        if handler.process(io) == Progress::Busy {
-            break;
-        }
-        if !io.enable_notification() {
-            break;
-        }
-    }
-}
-
-/// Busy-polls the available ring for up to `budget` after the last work found, as long as
-/// none of the queue's requests is in the kernel (then it sleeps until their completion),
-/// with driver notifications suppressed (NO_NOTIFY; with EVENT_IDX the avail event is left
-/// behind, so the driver kicks at most once), then re-enables them and looks once more, so
-/// that a request made available just before the enable is not missed. Stops early when a
-/// command is waiting.
-fn poll_queue(
-    io: &mut QueueIo,
-    handler: &mut dyn QueueHandler,
-    cmds: &Mutex<VecDeque<Command>>,
-    budget: Duration,
-) {
-    if !io.shared.enabled.load(Ordering::Acquire) || io.is_broken() {
-        return;
-    }
-    io.disable_notification();
-    let mut busy = false;
-    let mut since = Instant::now();
-    loop {
-        let mut worked = handler.poll(io);
-        if worked {
-            busy = false;
-        }
-        if !busy && io.avail_pending() {
-            io.refresh_memory();
-            busy = handler.process(io) == Progress::Busy;
-            worked = true;
-        }
-        if worked {
-            io.flush();
-            since = Instant::now();
-        } else if since.elapsed() >= budget || handler.in_flight() > 0 {
-            // Requests in the kernel: their completion wakes us (the device's event fd). A
-            // thread that spins meanwhile saves nothing the kernel is not already waiting
-            // for, and takes the CPU its I/O may need (io_uring's workers copying buffered
-            // data, or, in a VM, the hypervisor's disk emulation).
-            break;
-        }
-        if cmds.try_lock().is_ok_and(|q| !q.is_empty()) {
-            break;
-        }
-        std::hint::spin_loop();
-    }
-    if io.enable_notification() && !busy {
-        process(io, handler);
-    }
-    io.flush();
-}
-
-fn quiesce(io: &mut QueueIo, handler: &mut dyn QueueHandler) {
-    handler.drain(io);
-    io.flush();
-    io.shared
-        .last_avail
-        .store(io.next_avail() as u32, Ordering::Release);
-    io.shared
-        .last_used
-        .store(io.next_used() as u32, Ordering::Release);
-}
-
-fn run(
-    mut io: QueueIo,
-    mut handler: Box<dyn QueueHandler>,
-    kick: EventFd,
-    epoll: Epoll,
-    ctl: Arc<EventFd>,
-    cmds: Arc<Mutex<VecDeque<Command>>>,
-    poll_us: u32,
-) -> QueueIo {
-    let mut events = vec![EpollEvent::default(); 8];
-    let mut asleep = false;
-    let poll = Duration::from_micros(u64::from(poll_us));
-    if !io.resubmit.is_empty() || io.shared.enabled.load(Ordering::Acquire) {
-        process(&mut io, handler.as_mut());
-        io.flush();
-    }
-    loop {
-        if poll_us > 0 && !asleep {
-            poll_queue(&mut io, handler.as_mut(), &cmds, poll);
-        }
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(queue = io.index, error = %e, "epoll failed; queue worker stops");
-                quiesce(&mut io, handler.as_mut());
-                return io;
-            }
-        };
-        let mut want_process = false;
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_KICK => {
-                    if asleep {
-                        // Leave the kick pending; it is read after wake.
-                        continue;
-                    }
-                    let _ = kick.read();
-                    io.shared.stats.kicks.fetch_add(1, Ordering::Relaxed);
-                    want_process = true;
-                }
-                TOKEN_CTL => {
-                    let _ = ctl.read();
-                    loop {
-                        let cmd = cmds.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        match cmd {
-                            None => break,
-                            Some(Command::Stop) => {
-                                quiesce(&mut io, handler.as_mut());
-                                return io;
-                            }
-                            Some(Command::Sleep(ack)) => {
-                                quiesce(&mut io, handler.as_mut());
-                                if !asleep {
-                                    asleep = true;
-                                    let _ = epoll.ctl(
-                                        ControlOperation::Delete,
-                                        kick.as_raw_fd(),
-                                        EpollEvent::default(),
-                                    );
-                                }
-                                let _ = ack.send(());
-                            }
-                            Some(Command::Wake) => {
-                                if asleep {
-                                    asleep = false;
-                                    let _ = epoll.ctl(
-                                        ControlOperation::Add,
-                                        kick.as_raw_fd(),
-                                        EpollEvent::new(EventSet::IN, TOKEN_KICK),
-                                    );
-                                    want_process = true;
-                                }
-                            }
-                            Some(Command::Poke) => want_process = !asleep,
-                        }
-                    }
-                }
-                t => {
-                    let i = (t - TOKEN_DEV) as usize;
-                    handler.handle_event(i, &mut io);
-                    if !io.drained() && !asleep {
-                        want_process = true;
-                    }
-                }
-            }
-        }
-        if want_process {
-            process(&mut io, handler.as_mut());
-        }
-        io.flush();
     }
 }

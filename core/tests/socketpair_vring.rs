@@ -339,6 +339,32 @@ fn set_vring_enable_without_protocol_features_is_refused() {
     h.fe.refused(req::SET_VRING_ENABLE, &vring_state(0, 1), &[]);
 }
 
+/// QEMU's vhost-user-net sends SET_VRING_ENABLE right after reading the offered features,
+/// before SET_FEATURES (QEMU 8 and later wait for its ack): it is taken, and the ring keeps
+/// that state once PROTOCOL_FEATURES is negotiated.
+#[test]
+fn set_vring_enable_before_set_features_is_taken() {
+    let h = Harness::new();
+    let m = h.fe.call(req::GET_FEATURES, &[], &[], 8);
+    assert_eq!(read_u64(&m.payload), feat::OFFERED);
+    h.fe.call(req::GET_PROTOCOL_FEATURES, &[], &[], 8);
+    h.fe.ok(
+        req::SET_PROTOCOL_FEATURES,
+        &u64_payload(proto::REPLY_ACK),
+        &[],
+    );
+    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(1, 1), &[]);
+    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(0, 0), &[]);
+    h.fe.ok(
+        req::SET_FEATURES,
+        &u64_payload(feat::VERSION_1 | feat::PROTOCOL_FEATURES),
+        &[],
+    );
+    let st = h.status();
+    assert!(st.queues[1].enabled && !st.queues[0].enabled);
+    h.fe.refused(req::SET_VRING_ENABLE, &vring_state(2, 1), &[]);
+}
+
 #[test]
 fn without_protocol_features_a_ring_starts_enabled() {
     let h = Harness::new();

@@ -2,3 +2,6 @@
 //! device; each holds only device logic.
 
 pub mod block;
+pub mod net;
+pub mod rng;
+pub mod vsock;

@@ -6,10 +6,11 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
-use vu_core::control::{self as proto, DeviceStatus, SupervisorRequest, SupervisorResponse};
+use vu_core::control as proto;
 
 use crate::cli::{CtlArgs, CtlCommand};
-use crate::control_socket;
+use crate::supervisor::control_socket;
+use crate::supervisor::protocol::{self, DeviceStatus, SupervisorRequest, SupervisorResponse};
 
 /// Why `launcher ctl` failed (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,26 @@ fn run_inner(args: &CtlArgs) -> Result<(), CtlError> {
         .control
         .clone()
         .unwrap_or_else(control_socket::default_path);
-    let req = match &args.command {
+    let req = request(&args.command)?;
+    let mut stream = UnixStream::connect(&path).map_err(|source| CtlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let resp = protocol::call(&mut stream, &req).map_err(|source| CtlError::Exchange {
+        path: path.clone(),
+        source,
+    })?;
+    let resp = match resp {
+        SupervisorResponse::Error(e) => return Err(CtlError::Refused(e)),
+        r => r,
+    };
+    quiet_on_closed_pipe();
+    print_answer(args, resp)
+}
+
+/// The request a command stands for.
+fn request(cmd: &CtlCommand) -> Result<SupervisorRequest, CtlError> {
+    Ok(match cmd {
         CtlCommand::List => SupervisorRequest::List,
         CtlCommand::Status { dev } => SupervisorRequest::Status(dev.clone()),
         CtlCommand::Sleep { dev } => SupervisorRequest::Sleep(dev.clone()),
@@ -95,43 +115,45 @@ fn run_inner(args: &CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Restart { dev } => SupervisorRequest::Restart(dev.clone()),
         CtlCommand::Resize { dev, size } => SupervisorRequest::Resize(dev.clone(), *size),
         CtlCommand::TestTrigger { dev, trigger } => {
-            SupervisorRequest::TestTrigger(dev.clone(), trigger.clone())
+            SupervisorRequest::TestTrigger(dev.clone(), trigger.join(" "))
         }
-    };
-    let mut stream = UnixStream::connect(&path).map_err(|source| CtlError::Connect {
-        path: path.clone(),
-        source,
-    })?;
-    let resp = proto::call_supervisor(&mut stream, &req).map_err(|source| CtlError::Exchange {
-        path: path.clone(),
-        source,
-    })?;
-    let resp = match resp {
-        SupervisorResponse::Error(e) => return Err(CtlError::Refused(e)),
-        r => r,
-    };
+        CtlCommand::Metrics => SupervisorRequest::Metrics,
+    })
+}
+
+/// Once the exchange is over, a reader that closes our stdout early (`launcher ctl status |
+/// head -1`) ends this process quietly, as it does for other command-line tools, instead of
+/// making the output functions panic on EPIPE. (Not before: a launcher that goes away while
+/// we talk to it is an error with a message, not a silent death.)
+fn quiet_on_closed_pipe() {
+    // SAFETY: restores the default disposition of SIGPIPE; no handler is installed, and this
+    // process is single-threaded here.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Prints the launcher's answer to `args.command`.
+fn print_answer(args: &CtlArgs, resp: SupervisorResponse) -> Result<(), CtlError> {
+    let all =
+        |d: &[DeviceStatus]| json!({ "devices": d.iter().map(status_json).collect::<Vec<_>>() });
     match (&args.command, resp) {
         (CtlCommand::List, SupervisorResponse::Devices(d)) => {
             if args.json {
-                print_json(&json!({ "devices": d.iter().map(status_json).collect::<Vec<_>>() }));
+                print_json(&all(&d));
             } else {
                 print_list(&d);
             }
         }
         (CtlCommand::Status { dev }, SupervisorResponse::Devices(d)) => {
-            if args.json {
-                match (dev, d.as_slice()) {
-                    (Some(_), [one]) => print_json(&status_json(one)),
-                    _ => print_json(
-                        &json!({ "devices": d.iter().map(status_json).collect::<Vec<_>>() }),
-                    ),
-                }
-            } else {
-                for (i, s) in d.iter().enumerate() {
-                    if i > 0 {
-                        println!();
+            match (args.json, dev, d.as_slice()) {
+                (true, Some(_), [one]) => print_json(&status_json(one)),
+                (true, _, _) => print_json(&all(&d)),
+                (false, _, _) => {
+                    for (i, s) in d.iter().enumerate() {
+                        if i > 0 {
+                            println!();
+                        }
+                        print_status(s);
                     }
-                    print_status(s);
                 }
             }
         }
@@ -145,6 +167,13 @@ fn run_inner(args: &CtlArgs) -> Result<(), CtlError> {
                     data.len(),
                     out.display()
                 );
+            }
+        }
+        (CtlCommand::Metrics, SupervisorResponse::Metrics(text)) => {
+            if args.json {
+                print_json(&json!({ "metrics": text }));
+            } else {
+                print!("{text}");
             }
         }
         (cmd, SupervisorResponse::Ok) => {
@@ -180,8 +209,13 @@ fn done_text(cmd: &CtlCommand) -> String {
         CtlCommand::Start { dev } => format!("{dev}: running"),
         CtlCommand::Restart { dev } => format!("{dev}: restarted"),
         CtlCommand::Resize { dev, size } => format!("{dev}: resized to {size} bytes"),
-        CtlCommand::TestTrigger { dev, trigger } => format!("{dev}: test trigger {trigger} sent"),
-        CtlCommand::List | CtlCommand::Status { .. } | CtlCommand::Snapshot { .. } => "done".into(),
+        CtlCommand::TestTrigger { dev, trigger } => {
+            format!("{dev}: test trigger {} sent", trigger.join(" "))
+        }
+        CtlCommand::List
+        | CtlCommand::Status { .. }
+        | CtlCommand::Snapshot { .. }
+        | CtlCommand::Metrics => "done".into(),
     }
 }
 
@@ -200,6 +234,7 @@ pub fn status_json(s: &DeviceStatus) -> Value {
     m.insert("uptime_ms".into(), json!(s.uptime_ms));
     m.insert("restarts".into(), json!(s.restarts));
     m.insert("crashes".into(), json!(s.crashes));
+    m.insert("failed_starts".into(), json!(s.failed_starts));
     m.insert("last_exit".into(), json!(s.last_exit));
     m.insert("failure".into(), json!(s.failure));
     if let Some(r) = &s.report {
@@ -251,6 +286,7 @@ fn print_status(s: &DeviceStatus) {
     println!("  socket:       {}", s.socket);
     println!("  restarts:     {}", s.restarts);
     println!("  crashes:      {}", s.crashes);
+    println!("  failed starts: {} in a row", s.failed_starts);
     println!("  last exit:    {}", opt(s.last_exit.clone()));
     if let Some(f) = &s.failure {
         println!("  failure:      {f}");
@@ -277,7 +313,7 @@ fn print_status(s: &DeviceStatus) {
     for (i, q) in r.queues.iter().enumerate() {
         println!(
             "  queue {i}:      {} {}, requests {}, bytes from driver {}, bytes to driver {}, \
-             errors {}, kicks {}, notifications {}",
+             errors {}, kicks {}, notifications {}, in flight {}",
             if q.started { "started" } else { "stopped" },
             if q.enabled { "enabled" } else { "disabled" },
             q.completed,
@@ -285,7 +321,8 @@ fn print_status(s: &DeviceStatus) {
             q.bytes_to_driver,
             q.chain_errors,
             q.kicks,
-            q.notifications
+            q.notifications,
+            q.in_flight
         );
     }
 }

@@ -1,19 +1,21 @@
-//! The launcher as a library: CLI definitions, config files, device setup, the device process
-//! model (spawn, supervisor, control socket, `ctl`), serving, and the jail. The `launcher` binary (`main.rs`) is a thin
-//! shell over it; tests use it directly.
+//! The launcher as a library. The `launcher` binary (`main.rs`) is a thin shell over it; tests
+//! use it directly. Rooms by role:
+//!
+//! - `cli/`: the command line and config files, built from the device kinds' definitions;
+//! - `kinds/`: one file per device kind (what the parent opens, how the device is built);
+//! - `supervisor/`: `launcher start`, the supervisor of the device processes, its control
+//!   socket and protocol;
+//! - `process/`: the device process (spawn, entry point, serving);
+//! - `jail/`: the jail (namespaces, pivot_root, capabilities, rlimits, landlock, seccomp);
+//! - `systemd/`: socket activation and service notifications (no-ops outside systemd);
+//! - `ctl.rs`: `launcher ctl`, the operator's client of the control socket;
+//! - `metrics/`: metrics in Prometheus' text format, and the HTTP endpoint that serves them.
 
-pub mod block;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod control_socket;
 pub mod ctl;
-pub mod device;
-pub mod escape;
 pub mod jail;
-pub mod serve;
-pub mod socket;
-pub mod spawn;
-pub mod start;
-pub mod supervise;
+pub mod kinds;
+pub mod metrics;
+pub mod process;
 pub mod supervisor;
+pub mod systemd;

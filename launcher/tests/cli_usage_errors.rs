@@ -68,12 +68,16 @@ fn log_level_must_parse() {
 
 #[test]
 fn socket_and_file_are_required() {
+    // Without --socket or --fd, the socket systemd passes is served; without one either,
+    // the launcher says what it needs (before it looks at the image).
     let out = output({
         let mut c = launcher();
-        c.args(["start", "block", "--file", "/nonexistent.img"]);
+        c.args(["start", "block", "--file", "/nonexistent.img"])
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID");
         c
     });
-    assert_fails(&out, 2, &["--socket"]);
+    assert_fails(&out, 1, &["--socket PATH", "--fd N", "socket activation"]);
     let out = output({
         let mut c = launcher();
         c.args(["start", "block", "--socket", "/nonexistent.sock"]);

@@ -1,6 +1,6 @@
-//! The compiled block filters, installed in a forked child: allowed calls work, forbidden ones
-//! kill the process with SIGSYS (or are only logged in log mode), `return ERRNO` rules fail
-//! with their errno.
+//! The compiled filters of every device kind (`DEVICES`), installed in a forked child: allowed
+//! calls work, forbidden ones kill the process with SIGSYS (or are only logged in log mode),
+//! `return ERRNO` rules fail with their errno.
 //!
 //! The filters are compiled before fork; the child only makes raw syscalls and `_exit`s
 //! (a forked child of a multi-threaded test process may only do async-signal-safe things).
@@ -11,7 +11,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use seccompiler::BpfProgram;
 
-use launcher::jail::seccomp::{device_filters, install, SeccompMode};
+use launcher::jail::seccomp::{device_filters, install, SeccompMode, DEVICES};
 
 /// Exit statuses the child uses.
 const OK: i32 = 0;
@@ -53,8 +53,8 @@ fn in_child(filters: &[BpfProgram], body: fn() -> i32) -> End {
     }
 }
 
-fn filters(mode: SeccompMode) -> Vec<BpfProgram> {
-    device_filters("block", None, mode).expect("block filters")
+fn filters(device: &str, mode: SeccompMode) -> Vec<BpfProgram> {
+    device_filters(device, None, mode).unwrap_or_else(|e| panic!("{device} filters: {e}"))
 }
 
 /// `getpid` is allowed.
@@ -163,7 +163,7 @@ fn mmap_rw() -> i32 {
     }
 }
 
-/// An ioctl outside the block-device list (TCGETS) is not allowed.
+/// An ioctl no device policy allows (TCGETS) is not allowed.
 fn ioctl_tcgets() -> i32 {
     let mut buf = [0u8; 128];
     // SAFETY: TCGETS writes a struct termios (60 bytes) into `buf`, which is larger.
@@ -173,41 +173,59 @@ fn ioctl_tcgets() -> i32 {
 
 #[test]
 fn allowed_syscall_runs() {
-    assert_eq!(
-        in_child(&filters(SeccompMode::Kill), allowed),
-        End::Exited(OK)
-    );
-    assert_eq!(
-        in_child(&filters(SeccompMode::Kill), mmap_rw),
-        End::Exited(OK)
-    );
+    for d in DEVICES {
+        let f = filters(d, SeccompMode::Kill);
+        assert_eq!(in_child(&f, allowed), End::Exited(OK), "{d}");
+        assert_eq!(in_child(&f, mmap_rw), End::Exited(OK), "{d}");
+    }
 }
 
 #[test]
 fn forbidden_syscall_kills_with_sigsys() {
-    let f = filters(SeccompMode::Kill);
-    for (name, body) in [
-        ("ptrace", forbidden_ptrace as fn() -> i32),
-        ("getppid", forbidden_getppid),
-        ("clone(CLONE_NEWUSER)", clone_newuser),
-        ("mmap(PROT_EXEC)", mmap_exec),
-        ("ioctl(TCGETS)", ioctl_tcgets),
-    ] {
-        assert_eq!(in_child(&f, body), End::Killed(Signal::SIGSYS), "{name}");
+    for d in DEVICES {
+        let f = filters(d, SeccompMode::Kill);
+        for (name, body) in [
+            ("ptrace", forbidden_ptrace as fn() -> i32),
+            ("getppid", forbidden_getppid),
+            ("clone(CLONE_NEWUSER)", clone_newuser),
+            ("mmap(PROT_EXEC)", mmap_exec),
+            ("ioctl(TCGETS)", ioctl_tcgets),
+        ] {
+            assert_eq!(
+                in_child(&f, body),
+                End::Killed(Signal::SIGSYS),
+                "{d}: {name}"
+            );
+        }
     }
 }
 
 #[test]
 fn errno_rules_answer_their_errno() {
-    let f = filters(SeccompMode::Kill);
-    assert_eq!(in_child(&f, openat_enoent), End::Exited(OK), "openat");
-    assert_eq!(in_child(&f, clone3_enosys), End::Exited(OK), "clone3");
+    for d in DEVICES {
+        let f = filters(d, SeccompMode::Kill);
+        assert_eq!(in_child(&f, openat_enoent), End::Exited(OK), "{d}: openat");
+        assert_eq!(in_child(&f, clone3_enosys), End::Exited(OK), "{d}: clone3");
+    }
 }
 
 #[test]
 fn log_mode_lets_forbidden_calls_through_but_keeps_errno_rules() {
-    let f = filters(SeccompMode::Log);
-    assert_eq!(in_child(&f, forbidden_getppid), End::Exited(OK));
-    assert_eq!(in_child(&f, openat_enoent), End::Exited(OK));
-    assert_eq!(in_child(&f, allowed), End::Exited(OK));
+    for d in DEVICES {
+        let f = filters(d, SeccompMode::Log);
+        assert_eq!(in_child(&f, forbidden_getppid), End::Exited(OK), "{d}");
+        assert_eq!(in_child(&f, openat_enoent), End::Exited(OK), "{d}");
+        assert_eq!(in_child(&f, allowed), End::Exited(OK), "{d}");
+    }
+}
+
+#[test]
+fn every_kind_has_filters() {
+    for k in launcher::kinds::KINDS {
+        assert!(
+            DEVICES.contains(&k.name()),
+            "no filters for kind {}",
+            k.name()
+        );
+    }
 }

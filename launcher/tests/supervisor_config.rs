@@ -104,7 +104,12 @@ fn config_errors_name_the_file_the_device_and_the_key() {
             vec!["disk7", "read_only", "true or false"],
         ),
         (
-            "[[device]]\nname = \"x\"\nkind = \"block\"\n".into(),
+            // Without a socket each, two devices cannot share the one socket systemd passes.
+            format!(
+                "[[device]]\nname = \"w\"\nkind = \"block\"\nfile = \"{0}\"\n\
+                 [[device]]\nname = \"x\"\nkind = \"block\"\nfile = \"{0}\"\n",
+                img.display()
+            ),
             vec!["device x", "socket", "missing"],
         ),
         (
@@ -126,6 +131,16 @@ fn config_errors_name_the_file_the_device_and_the_key() {
         assert_fails(&out, 1, &all);
         assert!(!dir.path().join("a.sock").exists());
     }
+    // One device without a socket serves the socket systemd passes; without one, it says so.
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[device]]\nname = \"x\"\nkind = \"block\"\nfile = \"{}\"\n",
+            img.display()
+        ),
+    );
+    let out = output(start_config(&cfg));
+    assert_fails(&out, 1, &["device x: no socket", "socket activation"]);
     let out = output(start_config(&dir.path().join("missing.toml")));
     assert_fails(&out, 1, &["missing.toml"]);
     // Neither a device nor --config: a usage error.

@@ -9,11 +9,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
 use common::start_supervised;
+use launcher::supervisor::control_socket;
+use launcher::supervisor::protocol::{self, SupervisorRequest, SupervisorResponse};
 use nix::sys::signal::Signal;
-use vu_core::control::{self as proto, SupervisorRequest, SupervisorResponse, CONTROL_VERSION};
+use vu_core::control::{self as proto, CONTROL_VERSION};
 
 fn call(stream: &mut UnixStream, req: &SupervisorRequest) -> SupervisorResponse {
-    proto::call_supervisor(stream, req).expect("the supervisor answers")
+    protocol::call(stream, req).expect("the supervisor answers")
 }
 
 #[test]
@@ -118,6 +120,90 @@ fn another_uid_is_refused() {
     r.stop_with(Signal::SIGTERM);
 }
 
+#[test]
+fn launcher_ctl_of_another_uid_is_told_why() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to switch to another uid");
+        return;
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_launcher"));
+    let traversable = bin
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if !traversable {
+        eprintln!("skipped: {} is not reachable by uid 65534", bin.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    let (mut r, _, control) = start_supervised(dir.path(), "d0", &[]);
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    for args in [&["list"][..], &["status", "d0"], &["--json", "stop", "d0"]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(bin)
+            .arg("ctl")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run setpriv (util-linux)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        let me = nix::unistd::geteuid();
+        assert!(
+            text.contains(&format!(
+                "permission denied: uid 65534 is not the launcher's uid {me} or root"
+            )),
+            "{args:?}: {text}"
+        );
+        assert!(!text.contains("Broken pipe"), "{args:?}: {text}");
+    }
+    // The device was not stopped.
+    let mut s = UnixStream::connect(&control).expect("connect");
+    assert!(matches!(
+        call(&mut s, &SupervisorRequest::Status(Some("d0".into()))),
+        SupervisorResponse::Devices(d) if d[0].state == "running"
+    ));
+    r.stop_with(Signal::SIGTERM);
+}
+
+#[test]
+fn a_stale_control_socket_is_replaced_and_a_live_one_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = dir.path().join("control.sock");
+    // What a launcher killed with SIGKILL leaves: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&control).expect("bind"));
+    assert!(control.exists());
+    let (mut r, _, control2) = start_supervised(dir.path(), "d0", &[]);
+    assert_eq!(control, control2);
+    let mut s = UnixStream::connect(&control).expect("the new launcher serves it");
+    assert!(matches!(
+        call(&mut s, &SupervisorRequest::List),
+        SupervisorResponse::Devices(_)
+    ));
+    // A second launcher on the same control socket is refused, and the first keeps it.
+    let image = common::sparse_image(dir.path(), "other.img", 1 << 20);
+    let mut cmd = common::start_block(&dir.path().join("other.sock"), &image, &["--control"]);
+    cmd.arg(&control);
+    let out = common::output(cmd);
+    common::assert_fails(&out, 1, &["in use"]);
+    let mut s = UnixStream::connect(&control).expect("still served");
+    assert!(matches!(
+        call(&mut s, &SupervisorRequest::List),
+        SupervisorResponse::Devices(_)
+    ));
+    r.stop_with(Signal::SIGTERM);
+    assert!(!control.exists());
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     ConnectRefused,
@@ -131,11 +217,12 @@ fn as_nobody(control: &std::path::Path) -> Outcome {
     let mut request = Vec::new();
     proto::write_frame(&mut request, &SupervisorRequest::List).expect("encode");
     let mut expected = Vec::new();
-    proto::write_frame(
-        &mut expected,
-        &SupervisorResponse::Error("permission denied".into()),
-    )
-    .expect("encode");
+    let why = control_socket::refusal(&Ok(nix::unistd::Uid::from_raw(65534)));
+    assert!(
+        why.starts_with("permission denied: uid 65534 is not the launcher's uid "),
+        "{why}"
+    );
+    proto::write_frame(&mut expected, &SupervisorResponse::Error(why)).expect("encode");
     let path = control.as_os_str().as_encoded_bytes();
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -184,8 +271,10 @@ fn nobody_child(addr: &libc::sockaddr_un, request: &[u8], reply: &mut [u8], expe
         if libc::connect(fd, std::ptr::from_ref(addr).cast(), len) != 0 {
             libc::_exit(20);
         }
-        // The supervisor may answer before reading the request; a failed write is fine.
-        libc::write(fd, request.as_ptr().cast(), request.len());
+        // The supervisor reads the request before it answers: the write succeeds.
+        if libc::write(fd, request.as_ptr().cast(), request.len()) != request.len() as isize {
+            libc::_exit(14);
+        }
         let mut got = 0usize;
         while got < reply.len() {
             let n = libc::read(fd, reply.as_mut_ptr().add(got).cast(), reply.len() - got);
@@ -199,4 +288,27 @@ fn nobody_child(addr: &libc::sockaddr_un, request: &[u8], reply: &mut [u8], expe
         }
         libc::_exit(13)
     }
+}
+
+#[test]
+fn launchers_killed_by_tests_leave_no_control_socket_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Named on the command line.
+    let (r, _, control) = start_supervised(dir.path(), "d0", &[]);
+    r.signal(Signal::SIGKILL);
+    drop(r);
+    assert!(!control.exists(), "{} left behind", control.display());
+    // The harness's own per-launcher default (VU_LAUNCHER_CONTROL).
+    let image = common::sparse_image(dir.path(), "d1.img", 1 << 20);
+    let sock = dir.path().join("d1.sock");
+    let cmd = common::start_block(&sock, &image, &[]);
+    let control = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "VU_LAUNCHER_CONTROL")
+        .and_then(|(_, v)| v.map(std::path::PathBuf::from))
+        .expect("the harness names a control socket");
+    let r = common::Running::start(cmd, &sock);
+    assert!(control.exists());
+    drop(r);
+    assert!(!control.exists(), "{} left behind", control.display());
 }

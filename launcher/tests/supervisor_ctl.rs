@@ -172,3 +172,50 @@ fn errors_and_usage() {
     });
     r.stop_with(Signal::SIGTERM);
 }
+
+#[test]
+fn a_reader_that_closes_early_ends_ctl_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut r, _, control) = start_supervised(dir.path(), "disk0", &[]);
+    for args in [
+        &["status", "disk0"][..],
+        &["--json", "status", "disk0"],
+        &["list"],
+    ] {
+        // stdout is a pipe whose reader is already gone: the first write hits EPIPE.
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        drop(rd);
+        let out = common::launcher()
+            .arg("ctl")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .stdout(std::process::Stdio::from(wr))
+            .output()
+            .expect("run ctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+            "{args:?}: {:?}; stderr:\n{stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "{args:?}: stderr:\n{stderr}");
+    }
+    // As typed: `launcher ctl status disk0 | head -1`.
+    let cmd = format!(
+        "{} ctl --control {} status disk0 | head -1",
+        env!("CARGO_BIN_EXE_launcher"),
+        control.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.trim(), "disk0 (block)", "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    r.stop_with(Signal::SIGTERM);
+}

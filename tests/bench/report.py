@@ -17,7 +17,12 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_vsock  # noqa: E402  (the vsock section, tests/bench/report_vsock.py)
+import report_light  # noqa: E402 - the light-load section, beside this file
 
 WORKLOADS = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32", "read-128k-qd8"]
 STORAGE_TEXT = {
@@ -29,6 +34,9 @@ STORAGE_TEXT = {
 def extra_text(name):
     if name == "ours-sync":
         return "ours with `--engine sync` (preadv/pwritev on the queue thread, one request at a time per queue)"
+    if name == "qsd10":
+        return ("qemu-storage-daemon 10.0 (bookworm-backports, unpacked by tests/scripts/qemu10.sh), "
+                "started as qsd")
     if name == "ours-base":
         return "ours built from the baseline tree given to `compare.sh --base` (the before of an A/B)"
     if name.startswith("ours-poll"):
@@ -284,6 +292,8 @@ def machine(meta):
                 text += f"; {dev}: {info or '?'} (model, rotational, size), scheduler {sched or '?'}"
             rows.append((label, text))
     rows.append(("qemu-storage-daemon", meta.get("qsd_version", "")))
+    if meta.get("qsd10_version"):
+        rows.append(("qemu-storage-daemon 10.0", meta["qsd10_version"]))
     rows.append(("fio", sh("fio --version")))
     # Recorded by compare.sh when it built the binaries (the tree may change during a run);
     # results from before it recorded that fall back to the tree as it is now.
@@ -297,6 +307,14 @@ def machine(meta):
     rows.append(("Load average", f"{meta.get('load_before')} before, {meta.get('load_after')} after "
                  "(1/5/15 min; the machine is shared)"))
     return rows
+
+
+def cpu_method(meta):
+    src = meta.get("cpu_from") or "proc"
+    if src.startswith("cgroup"):
+        return (f"Server CPU is the usage of a cgroup made for the server in each cell ({src[7:]}), so every "
+                "thread and process of it counts, exited ones included (io_uring's workers, thread pools);")
+    return "Server CPU is utime+stime of the server process and its descendants (`/proc/PID/stat`) over the run;"
 
 
 def write(d, meta, work, out):
@@ -336,6 +354,8 @@ def write(d, meta, work, out):
             w(f"| {bar} | {where} | {val} | {target} | {met_text(met, note)} | {cpu} |")
         w("")
 
+    L.extend(report_light.section(d.rows, meta))
+
     w("## Machine\n")
     w("| | |")
     w("|---|---|")
@@ -348,8 +368,7 @@ def write(d, meta, work, out):
       "load from the host with `vu-bench` (a vhost-user-blk front-end in `tests/src/bench/`: memfd guest "
       "memory, split rings, one driver thread per queue, EVENT_IDX negotiated, completions by call "
       "eventfd). Within a round the two servers alternate per cell (A/B, then B/A), so drift on this "
-      "shared machine hits both. Server CPU is utime+stime of the server process and its descendants "
-      "(`/proc/PID/stat`) over the run; RssAnon from `/proc/PID/status` of the device process (for ours "
+      "shared machine hits both. " + cpu_method(meta) + " RssAnon from `/proc/PID/status` of the device process (for ours "
       "the jailed child, for qsd the daemon) before the front-end connects. Tables give the median over "
       "rounds and (min-max).\n")
     w("```")
@@ -361,7 +380,13 @@ def write(d, meta, work, out):
     w("    --export type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=S,writable=on,num-queues=N")
     w("# the load, per cell")
     w(f"target/release/vu-bench --socket S --rw randread|randwrite|read --bs 4k|128k --iodepth 1|32|8 "
-      f"--queues N --runtime {meta.get('runtime')} --server-pid PID --json")
+      f"--queues N --runtime {meta.get('runtime')} --server-pid PID [--server-cgroup CG] --json")
+    if any(r["kind"] == "light" for r in d.rows):
+        w("# light load, per cell (rates and bursts: see the light-load section)")
+        w(f"target/release/vu-bench --socket S --rw randread --bs 4k --rate 2k|10k|50k | --batch 32 --think-us 1000 "
+          f"--queues N --runtime {meta.get('runtime')} --server-pid PID [--server-cgroup CG] --json")
+    if meta.get("qsd10_version"):
+        w("# extra: qsd10, the qsd command with qemu-storage-daemon 10.0 (.cache/qemu-10/bin)")
     w("# the host ceiling, same file, same round")
     w(f"fio --name=ceiling --filename=IMG --rw=... --bs=... --iodepth=... --ioengine=psync|io_uring "
       f"--direct=0|1 --runtime={meta.get('fio_runtime')} --time_based --size={meta.get('image_size')} "
@@ -527,10 +552,28 @@ def main():
     ap.add_argument("--meta", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--vsock-only", action="store_true",
+                    help="replace only the vsock section of --out (compare.sh --only-vsock)")
     a = ap.parse_args()
-    d = Data(load(a.results))
+    rows = load(a.results)
     meta = json.load(open(a.meta))
-    write(d, meta, a.work, a.out)
+    # A block run without --vsock keeps the report's vsock section (write() rewrites the file).
+    old = open(a.out).read() if os.path.exists(a.out) else ""
+    kept = ""
+    if report_vsock.BEGIN in old and report_vsock.END in old:
+        b = old.index(report_vsock.BEGIN)
+        kept = old[b:old.index(report_vsock.END, b) + len(report_vsock.END)]
+    if not a.vsock_only:
+        write(Data(rows), meta, a.work, a.out)
+    has_vsock = any(r.get("kind") == "vsock" for r in rows)
+    if kept and not a.vsock_only and not has_vsock:
+        text = open(a.out).read()
+        with open(a.out, "w") as f:
+            f.write(report_vsock.replace(text, kept))
+    if a.vsock_only or has_vsock:
+        text = open(a.out).read() if os.path.exists(a.out) else ""
+        with open(a.out, "w") as f:
+            f.write(report_vsock.replace(text, report_vsock.section(rows, meta)))
 
 
 if __name__ == "__main__":

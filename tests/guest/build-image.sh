@@ -23,8 +23,12 @@ OUT=${1:-$SCRIPT_DIR/out}
 
 KERNEL_META=linux-image-cloud-amd64
 # Load order matters; dependencies found in modules.dep are loaded first anyway.
-MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk)
-HOST_PACKAGES=(busybox-static fio xz-utils cpio qemu-system-x86)
+# Device drivers: virtio_blk; virtio_rng (hw_random); virtio_net with failover/net_failover;
+# vsock with its virtio transport.
+MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
+    virtio_rng failover net_failover virtio_net
+    vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
+HOST_PACKAGES=(busybox-static fio socat xz-utils cpio qemu-system-x86)
 READY_MARKER=VU-GUEST-READY
 
 log() { echo "build-image: $*" >&2; }
@@ -76,6 +80,7 @@ KPKG_VERSION=$(apt-cache show --no-all-versions "$KPKG" | awk '$1 == "Version:" 
 STAMP_CONTENT="kernel=$KPKG=$KPKG_VERSION
 busybox-static=$(dpkg-query -W -f='${Version}' busybox-static)
 fio=$(dpkg-query -W -f='${Version}' fio)
+socat=$(dpkg-query -W -f='${Version}' socat)
 script-sha256=$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)"
 
 mkdir -p "$OUT"
@@ -189,7 +194,8 @@ done < <("$BUSYBOX" --list-full)
 # The list is read once: `busybox --list | grep -q` fails under pipefail whenever grep's early
 # exit makes busybox die of SIGPIPE, which depends on timing.
 applets=$("$BUSYBOX" --list)
-for a in blkdiscard dd sync cmp md5sum sha256sum insmod setsid cttyhack stty poweroff; do
+for a in blkdiscard dd sync cmp md5sum sha256sum insmod setsid cttyhack stty poweroff ip ping \
+    nc; do
     grep -qx "$a" <<<"$applets" || die "busybox lacks the $a applet"
 done
 
@@ -210,6 +216,8 @@ copy_with_libs() { # binary path on the host -> same path in the initramfs, plus
     done < <(ldd "$bin")
 }
 copy_with_libs /usr/bin/fio
+# socat: busybox's nc has no AF_VSOCK; socat has VSOCK-LISTEN and VSOCK-CONNECT.
+copy_with_libs /usr/bin/socat
 # util-linux's blkdiscard (-z: write zeroes) and blockdev replace busybox's applets. The applet
 # links point at /bin/busybox by absolute path: remove them first, never write through them.
 for b in {/bin,/sbin,/usr/bin,/usr/sbin}/{blkdiscard,blockdev}; do

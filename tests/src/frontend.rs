@@ -895,11 +895,14 @@ fn install_panic_hook() {
     });
 }
 
-/// A [`BackendServer`] serving a [`TestDevice`] on a temporary socket, on its own thread.
+/// A [`BackendServer`] serving a [`TestDevice`] (or, with [`TestServer::start_device`], any
+/// device) on a temporary socket, on its own thread.
 pub struct TestServer {
     dir: tempfile::TempDir,
     path: PathBuf,
-    device: TestDevice,
+    /// The test device, when that is what is served.
+    device: Option<TestDevice>,
+    num_queues: usize,
     handler: Arc<Mutex<Handler>>,
     shutdown: Arc<nix::sys::eventfd::EventFd>,
     thread: Option<JoinHandle<Result<(), vu_core::backend_server::ServeError>>>,
@@ -916,11 +919,21 @@ impl std::fmt::Debug for TestServer {
 impl TestServer {
     /// Serves `device` on a fresh socket.
     pub fn start(device: TestDevice) -> Result<Self> {
+        Self::serve(Arc::new(device.clone()), Some(device))
+    }
+
+    /// Serves any device (an `RngDevice`...); [`Self::device`] is then not available.
+    pub fn start_device(device: Arc<dyn VhostUserDevice>) -> Result<Self> {
+        Self::serve(device, None)
+    }
+
+    fn serve(served: Arc<dyn VhostUserDevice>, device: Option<TestDevice>) -> Result<Self> {
         install_panic_hook();
         let dir = tempfile::tempdir().context("tempdir")?;
         let path = dir.path().join("vu.sock");
         let listener = bind_socket(&path)?;
-        let server = BackendServer::new(Arc::new(device.clone()), listener)?;
+        let num_queues = served.num_queues();
+        let server = BackendServer::new(served, listener)?;
         let handler = server.handler();
         let shutdown = server.shutdown_handle();
         let thread = std::thread::Builder::new()
@@ -931,6 +944,7 @@ impl TestServer {
             dir,
             path,
             device,
+            num_queues,
             handler,
             shutdown,
             thread: Some(thread),
@@ -952,9 +966,12 @@ impl TestServer {
         self.dir.path()
     }
 
-    /// The device (shares state with the served one).
+    /// The test device (shares state with the served one). Panics for a server started
+    /// with [`Self::start_device`].
     pub fn device(&self) -> &TestDevice {
-        &self.device
+        self.device
+            .as_ref()
+            .expect("this server serves another device than the TestDevice")
     }
 
     /// The core's protocol state.
@@ -978,8 +995,7 @@ impl TestServer {
     /// Connects a vhost-crate front-end (the server serves one at a time: a second
     /// connection waits in the backlog until the first is gone).
     pub fn connect(&self) -> Result<Frontend> {
-        Frontend::connect(&self.path, self.device.num_queues() as u64)
-            .map_err(|e| anyhow!("connect: {e}"))
+        Frontend::connect(&self.path, self.num_queues as u64).map_err(|e| anyhow!("connect: {e}"))
     }
 
     /// Connects a raw socket.
@@ -1000,7 +1016,7 @@ impl TestServer {
         fe.set_mem_table(&guest.regions_info(&[0, 1]))
             .map_err(|e| anyhow!("SET_MEM_TABLE: {e}"))?;
         let mut queues = Vec::new();
-        for q in 0..self.device.num_queues() {
+        for q in 0..self.num_queues {
             let mut dq = DriverQueue::new(guest, q, queue_size, 0)?;
             dq.set_event_idx(neg.features & bits::EVENT_IDX != 0)?;
             dq.setup(&mut fe, true)?;

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub use crate::guest_device::VhostUserDev;
+
 /// The line the guest's `/init` prints once modules are loaded and the shell is about to start.
 pub const READY_MARKER: &str = "VU-GUEST-READY";
 
@@ -54,27 +56,12 @@ const MAX_COMMAND_LINE: usize = 3000;
 /// Environment variable naming the directory with `vmlinuz` and `initramfs.cpio.gz`.
 pub const GUEST_DIR_ENV: &str = "VU_GUEST_DIR";
 
-/// Environment variable naming the QEMU binary (default `qemu-system-x86_64`).
-pub const QEMU_ENV: &str = "VU_QEMU";
-
 /// Environment variable choosing the accelerator (default `tcg`; `kvm` where nested KVM works).
 pub const ACCEL_ENV: &str = "VU_GUEST_ACCEL";
 
-fn qemu_binary() -> String {
-    std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".to_owned())
-}
-
-/// True if the QEMU binary runs (`qemu-system-x86_64 --version` succeeds).
-pub fn qemu_available() -> bool {
-    Command::new(qemu_binary())
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+pub use crate::qemu::{
+    qemu_available, qemu_binary, qemu_tool, qemu_version, QEMU_ENV, QEMU_VERSION_ENV,
+};
 
 /// The root of the cargo workspace (the parent of the `vu-tests` package).
 pub fn workspace_root() -> PathBuf {
@@ -154,6 +141,8 @@ pub struct GuestConfig {
     pub cpus: u32,
     /// vhost-user block disks, in PCI order: the first is `/dev/vda`.
     pub vhost_user_blk: Vec<VhostUserBlkDisk>,
+    /// Other vhost-user devices (rng, vsock...), after the disks.
+    pub vhost_user: Vec<VhostUserDev>,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -164,6 +153,7 @@ impl Default for GuestConfig {
             mem_mib: 512,
             cpus: 1,
             vhost_user_blk: Vec::new(),
+            vhost_user: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -222,6 +212,9 @@ impl GuestConfig {
                 device.push_str(&format!(",queue-size={n}"));
             }
             args.extend(["-chardev".to_owned(), chardev, "-device".to_owned(), device]);
+        }
+        for (i, dev) in self.vhost_user.iter().enumerate() {
+            args.extend(dev.qemu_args(i));
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -400,13 +393,14 @@ impl Guest {
             .open(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let qemu = qemu_binary();
+        eprintln!("guest: {} ({qemu})", qemu_version());
         let shared = Arc::new(Shared {
             state: Mutex::new(ConsoleState::default()),
             changed: Condvar::new(),
             log: Mutex::new(Some(log)),
             started: Instant::now(),
         });
-        shared.log_note(&format!("{qemu} {}", args.join(" ")));
+        shared.log_note(&format!("{}: {qemu} {}", qemu_version(), args.join(" ")));
 
         let mut child = Command::new(&qemu)
             .args(&args)

@@ -342,11 +342,40 @@ impl Launcher {
     }
 }
 
+/// Removes `path` if it is a socket nobody listens on (what a killed launcher leaves). A
+/// launcher run through a wrapper (strace) may outlive the wrapper by a moment: a socket still
+/// served is given up to 2 s to go stale.
+pub fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if !is_socket {
+            return;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        // A process's death has no readiness fd to wait on here: poll briefly.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl Drop for Launcher {
+    /// A launcher still running is killed. One that was killed (here or by the test) cannot
+    /// remove its sockets: they are removed here if nobody listens on them.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
-            let _ = self.child.wait();
+        }
+        // A launcher that exits removes its sockets; a killed one cannot.
+        if self.child.wait().map_or(true, |s| s.code().is_none()) {
+            remove_stale_socket(&self.control);
+            remove_stale_socket(&self.socket);
         }
     }
 }

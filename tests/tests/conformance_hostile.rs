@@ -605,7 +605,9 @@ fn malformed_messages_are_refused() -> Result<()> {
     let server = TestServer::start_default()?;
     let guest = TestGuest::standard()?;
     let mut closed = Vec::new();
-    for (name, needs_mem, f) in message_cases() {
+    let cases = message_cases();
+    let n = cases.len();
+    for (name, needs_mem, f) in cases {
         let conn = raw_session(&server, needs_mem.then_some(&*guest))
             .with_context(|| format!("{name}: set-up"))?;
         let reply = f(&conn, &guest).with_context(|| format!("case {name}"))?;
@@ -618,6 +620,8 @@ fn malformed_messages_are_refused() -> Result<()> {
         ensure!(backend_panics() == 0, "{name}: a back-end thread panicked");
     }
     eprintln!("cases answered by closing the connection: {closed:?}");
+    // Counted by the soak run's report (tests/soak/run.sh).
+    eprintln!("hostile cases: {n} malformed messages refused");
     fresh_frontend_works(&server)
 }
 
@@ -724,6 +728,7 @@ fn hostile_driver_chains_are_returned_with_an_error() -> Result<()> {
             Box::new(move |dq| dq.add_raw(slot, 16, desc_flags::INDIRECT | desc_flags::NEXT, 1)),
         ),
     ];
+    let n = cases.len();
     for (name, make) in cases {
         let head = make(dq).with_context(|| format!("{name}: set-up"))?;
         dq.kick()?;
@@ -771,6 +776,11 @@ fn hostile_driver_chains_are_returned_with_an_error() -> Result<()> {
     ensure!(held_done == 1, "duplicate head completed {held_done} times");
 
     drop(s);
+    // Counted by the soak run's report (tests/soak/run.sh).
+    eprintln!(
+        "hostile cases: {} malformed chains and bad heads returned or skipped",
+        n + 2
+    );
     fresh_frontend_works(&server)
 }
 

@@ -132,7 +132,7 @@ fn guest_uses_reference_vhost_user_blk_backend() -> Result<()> {
     let pidfile = dir.path().join("qsd.pid");
     std::fs::File::create(&disk)?.set_len(64 << 20)?;
     // --daemonize returns once the export listens.
-    let status = std::process::Command::new("qemu-storage-daemon")
+    let status = std::process::Command::new(vu_tests::guest::qemu_tool("qemu-storage-daemon"))
         .arg("--daemonize")
         .arg("--pidfile")
         .arg(&pidfile)

@@ -1,4 +1,4 @@
-//! The escape battery: from inside a jailed block device, try what a compromised device would
+//! The escape battery: from inside a jailed device of every kind, try what a compromised device would
 //! (open host files, reach host sockets, signal or trace host processes, open network sockets,
 //! map executable memory, mount, unshare, raise capabilities...). Every attempt must fail.
 //!
@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, ensure, Context, Result};
+use vu_tests::kinds::{kinds, minimal};
 use vu_tests::launcher::{Launcher, Spawned};
 
 /// Every attempt (the device's `EscapeAttempt` names).
@@ -76,8 +77,6 @@ fn host() -> Result<Host> {
     let abstract_listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
     let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = tcp.local_addr()?.port();
-    let image = dir.path().join("disk.img");
-    std::fs::File::create(&image)?.set_len(16 << 20)?;
     let args = vec![
         "--test-escape-host-socket".into(),
         path.display().to_string(),
@@ -98,26 +97,16 @@ fn host() -> Result<Host> {
 }
 
 impl Host {
-    fn image(&self) -> PathBuf {
-        self.dir.path().join("disk.img")
+    fn socket(&self, kind: &str) -> PathBuf {
+        self.dir.path().join(format!("{kind}.sock"))
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("blk.sock")
-    }
-
-    fn launcher_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = vec![
-            "start".into(),
-            "block".into(),
-            "--socket".into(),
-            self.socket().display().to_string(),
-            "--file".into(),
-            self.image().display().to_string(),
-        ];
-        v.extend(extra.iter().map(|s| s.to_string()));
+    /// `launcher start KIND` with the kind's simplest configuration, `extra` and the targets.
+    fn launcher_args(&self, kind: &str, extra: &[&str]) -> Result<Vec<String>> {
+        let m = minimal(kind, self.dir.path(), kind)?;
+        let mut v = m.start_args(&self.socket(kind), extra);
         v.extend(self.args.iter().cloned());
-        v
+        Ok(v)
     }
 }
 
@@ -140,10 +129,18 @@ fn require_debug_launcher(log: &str) -> Result<()> {
 
 #[test]
 fn every_layer_beneath_seccomp_blocks_each_escape_and_openat_answers_enoent() -> Result<()> {
+    for kind in kinds() {
+        battery(kind).with_context(|| format!("a {kind} device"))?;
+    }
+    Ok(())
+}
+
+fn battery(kind: &str) -> Result<()> {
     let host = host()?;
-    let launcher = Launcher::spawn(
-        &host.launcher_args(&["--test-escape-battery"]),
-        &host.socket(),
+    let launcher = vu_tests::kinds::spawn(
+        kind,
+        &host.launcher_args(kind, &["--test-escape-battery"])?,
+        &host.socket(kind),
     )?;
     let log = launcher.stderr();
     require_debug_launcher(&log)?;
@@ -166,10 +163,11 @@ fn every_layer_beneath_seccomp_blocks_each_escape_and_openat_answers_enoent() ->
 }
 
 /// One attempt in the final jail: refused, or the device killed by its seccomp filter.
-fn final_attempt(host: &Host, attempt: &str) -> Result<String> {
-    let spawned = Launcher::try_spawn(
-        &host.launcher_args(&["--test-escape", attempt]),
-        &host.socket(),
+fn final_attempt(host: &Host, kind: &str, attempt: &str) -> Result<String> {
+    let spawned = vu_tests::kinds::try_spawn(
+        kind,
+        &host.launcher_args(kind, &["--test-escape", attempt])?,
+        &host.socket(kind),
     )?;
     match spawned {
         Spawned::Ready(launcher) => {
@@ -209,13 +207,19 @@ fn final_attempt(host: &Host, attempt: &str) -> Result<String> {
 #[test]
 fn every_escape_fails_in_the_final_jail() -> Result<()> {
     let host = host()?;
-    let mut results = Vec::new();
-    for a in ATTEMPTS {
-        let r = final_attempt(&host, a).with_context(|| format!("attempt {a}"))?;
-        results.push(format!("{a}: {r}"));
-        ensure!(!host.socket().exists(), "{a}: the socket was left behind");
+    for kind in kinds() {
+        let mut results = Vec::new();
+        for a in ATTEMPTS {
+            let r =
+                final_attempt(&host, kind, a).with_context(|| format!("{kind}: attempt {a}"))?;
+            results.push(format!("{a}: {r}"));
+            ensure!(
+                !host.socket(kind).exists(),
+                "{kind}, {a}: the socket was left behind"
+            );
+        }
+        eprintln!("final jail of a {kind} device:\n  {}", results.join("\n  "));
     }
-    eprintln!("final jail:\n  {}", results.join("\n  "));
     Ok(())
 }
 
@@ -225,8 +229,8 @@ fn the_host_targets_are_reachable_without_a_jail() -> Result<()> {
     // come from the jail, not from a test mistake.
     let host = host()?;
     let launcher = Launcher::spawn(
-        &host.launcher_args(&["--sandbox", "none", "--test-escape-battery"]),
-        &host.socket(),
+        &host.launcher_args("block", &["--sandbox", "none", "--test-escape-battery"])?,
+        &host.socket("block"),
     )?;
     let log = launcher.stderr();
     require_debug_launcher(&log)?;

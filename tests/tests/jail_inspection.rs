@@ -1,11 +1,14 @@
-//! Inspection of a running jailed block device from the host, through /proc: seccomp, no_new_privs,
-//! no capabilities in any set, the jail user, its own namespaces, an empty read-only root, the
-//! rlimits, and only the expected fds. Also `--jail-user` and `--sandbox none`.
+//! Inspection of a running jailed device of every kind from the host, through /proc: seccomp,
+//! no_new_privs, no capabilities in any set, the jail user, its own namespaces, an empty
+//! read-only root, the rlimits, and only the expected fds (stdio, the kind's own fds such as
+//! the image or the entropy source, the listening socket, the control channel, the server's
+//! shutdown eventfd). Also `--jail-user` and `--sandbox none`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
+use vu_tests::kinds::{kinds, minimal};
 use vu_tests::launcher::Launcher;
 
 fn image(dir: &Path) -> Result<PathBuf> {
@@ -40,13 +43,30 @@ fn fds(pid: u32) -> Result<BTreeMap<u32, String>> {
 
 #[test]
 fn a_jailed_device_shows_its_jail_in_proc() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let image = image(dir.path())?;
-    let socket = dir.path().join("blk.sock");
-    let launcher = Launcher::start_block(&socket, &image, &[])?;
-    let pid = launcher.device_pid()?;
-    let st = status(pid)?;
+    for kind in kinds() {
+        inspect(kind).with_context(|| format!("a jailed {kind} device"))?;
+    }
+    Ok(())
+}
 
+fn inspect(kind: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("dev.sock");
+    let m = minimal(kind, dir.path(), "dev")?;
+    let launcher = vu_tests::kinds::spawn(kind, &m.start_args(&socket, &[]), &socket)?;
+    let pid = launcher.device_pid()?;
+    credentials(pid)?;
+    root_and_namespaces(pid, m.open_files(&socket)?)?;
+    own_fds(pid, launcher.pid(), &m.fds)?;
+    let st = launcher.terminate()?;
+    ensure!(st.success(), "launcher exited with {st}");
+    ensure!(!socket.exists(), "socket left behind");
+    Ok(())
+}
+
+/// Seccomp, no_new_privs, no capabilities, the jail user, pid 1 of its namespace, 3 threads.
+fn credentials(pid: u32) -> Result<()> {
+    let st = status(pid)?;
     ensure!(
         status_field(&st, "Seccomp")? == "2",
         "not in seccomp filter mode:\n{st}"
@@ -77,7 +97,11 @@ fn a_jailed_device_shows_its_jail_in_proc() -> Result<()> {
     // No thread but the main one, the signal thread and the control thread (the supervisor's
     // requests) before a front-end connects.
     ensure!(status_field(&st, "Threads")? == "3", "threads:\n{st}");
+    Ok(())
+}
 
+/// An empty read-only tmpfs root, namespaces of its own, the rlimits.
+fn root_and_namespaces(pid: u32, open_files: u64) -> Result<()> {
     // Its root is the empty tmpfs, and the only mount it has: read-only, nodev, nosuid, noexec.
     let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))?.collect();
     ensure!(root.is_empty(), "the device's root is not empty: {root:?}");
@@ -113,8 +137,9 @@ fn a_jailed_device_shows_its_jail_in_proc() -> Result<()> {
 
     // rlimits.
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let open_files = open_files.to_string();
     for (name, value) in [
-        ("Max open files", "1024"),
+        ("Max open files", open_files.as_str()),
         ("Max core file size", "0"),
         ("Max data size", "1073741824"),
     ] {
@@ -129,37 +154,58 @@ fn a_jailed_device_shows_its_jail_in_proc() -> Result<()> {
         );
     }
 
-    // Only the expected fds: stdio, image (3), listening socket (4), control channel (5), and
-    // the server's shutdown eventfd.
+    Ok(())
+}
+
+/// Only the expected fds: stdio, the kind's own (3...), the listening socket (the very one
+/// the launcher bound), the control channel and the server's shutdown eventfd; after them,
+/// only anonymous inodes the device made itself.
+fn own_fds(pid: u32, launcher: u32, own_fds: &[String]) -> Result<()> {
     let fds = fds(pid)?;
+    let own = own_fds.len() as u32;
     let keys: Vec<u32> = fds.keys().copied().collect();
-    ensure!(keys == [0, 1, 2, 3, 4, 5, 6], "unexpected fds: {fds:#?}");
+    let want: Vec<u32> = (0..own + 6).collect();
+    ensure!(keys.starts_with(&want), "unexpected fds: {fds:#?}");
+    // Beyond those, only what the device made itself (its epoll sets, eventfds and timers):
+    // nothing it could have reached on the host.
+    for (fd, target) in fds.range(own + 6..) {
+        ensure!(
+            [
+                "anon_inode:[eventfd]",
+                "anon_inode:[eventpoll]",
+                "anon_inode:[timerfd]"
+            ]
+            .contains(&target.as_str()),
+            "fd {fd} ({target}) is neither passed nor the device's own: {fds:#?}"
+        );
+    }
+    for (i, target) in own_fds.iter().enumerate() {
+        let fd = 3 + i as u32;
+        let ok = if target == vu_tests::kinds::SOCKET {
+            fds[&fd].starts_with(target.as_str())
+        } else {
+            fds[&fd] == *target
+        };
+        ensure!(ok, "fd {fd} is not {target}: {fds:#?}");
+    }
+    let (listen, control, shutdown) = (own + 3, own + 4, own + 5);
     ensure!(
-        fds[&3] == image.display().to_string(),
-        "fd 3 is not the image: {fds:#?}"
+        fds[&listen].starts_with("socket:"),
+        "fd {listen} is not a socket: {fds:#?}"
     );
     ensure!(
-        fds[&4].starts_with("socket:"),
-        "fd 4 is not a socket: {fds:#?}"
+        fds[&control].starts_with("socket:"),
+        "fd {control} is not a socket: {fds:#?}"
     );
     ensure!(
-        fds[&5].starts_with("socket:"),
-        "fd 5 is not a socket: {fds:#?}"
+        fds[&shutdown] == "anon_inode:[eventfd]",
+        "fd {shutdown} is not the shutdown eventfd: {fds:#?}"
     );
+    let launcher_fds = self::fds(launcher)?;
     ensure!(
-        fds[&6] == "anon_inode:[eventfd]",
-        "fd 6 is not the shutdown eventfd: {fds:#?}"
-    );
-    // fd 4 is the very socket the launcher bound.
-    let launcher_fds = self::fds(launcher.pid())?;
-    ensure!(
-        launcher_fds.values().any(|t| *t == fds[&4]),
+        launcher_fds.values().any(|t| *t == fds[&listen]),
         "the device's listening socket is not the launcher's: {fds:#?} vs {launcher_fds:#?}"
     );
-
-    let st = launcher.terminate()?;
-    ensure!(st.success(), "launcher exited with {st}");
-    ensure!(!socket.exists(), "socket left behind");
     Ok(())
 }
 

@@ -1,9 +1,13 @@
 //! Arbitrary guest memory + queue size + head into `Chain::walk`, then `read_at` and
 //! `write_at`: never a panic, every segment inside one guest memory region, reads return
 //! exactly the chain's readable bytes, and writes change exactly the chain's writable bytes.
+//!
+//! Guest memory is mapped once per process and refilled for each input; the expected
+//! contents are kept in a buffer reused from input to input and compared range by range.
 
 #![no_main]
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +15,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use vu_core::dirty_log::LogBitmap;
 use vu_core::{Chain, GuestMem, Segment};
 use vu_core_fuzz::{parse_chain, CHAIN_REGIONS};
+
+/// Bytes of guest memory, all regions end to end.
+const TOTAL: usize = CHAIN_REGIONS[0].1 + CHAIN_REGIONS[1].1;
 
 fn memory() -> &'static Arc<GuestMem> {
     static MEM: OnceLock<Arc<GuestMem>> = OnceLock::new();
@@ -25,26 +32,63 @@ fn memory() -> &'static Arc<GuestMem> {
     })
 }
 
-/// Copies out all guest memory, region by region.
-fn dump(mem: &GuestMem) -> Vec<Vec<u8>> {
-    CHAIN_REGIONS
-        .iter()
-        .map(|&(a, l)| {
-            let mut v = vec![0u8; l];
-            mem.read_slice(&mut v, GuestAddress(a)).expect("dump");
-            v
-        })
-        .collect()
+/// Buffers reused by every input.
+struct Scratch {
+    /// What guest memory should hold, regions end to end.
+    expect: Vec<u8>,
+    /// What it holds.
+    actual: Vec<u8>,
+    /// `read_at`'s destination.
+    buf: Vec<u8>,
+    /// `write_at`'s source: 64 KiB (the largest `len`).
+    pattern: Vec<u8>,
 }
 
-/// Where guest address `a` lives in a dump.
-fn locate(a: u64) -> (usize, usize) {
-    for (i, &(start, len)) in CHAIN_REGIONS.iter().enumerate() {
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        expect: vec![0; TOTAL],
+        actual: vec![0; TOTAL],
+        buf: vec![0; u16::MAX as usize + 1],
+        pattern: (0..=u16::MAX as usize)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+            .collect(),
+    });
+}
+
+/// Where guest address `a` lives in the end-to-end layout.
+fn flat(a: u64) -> usize {
+    let mut base = 0;
+    for &(start, len) in &CHAIN_REGIONS {
         if a >= start && a < start + len as u64 {
-            return (i, (a - start) as usize);
+            return base + (a - start) as usize;
         }
+        base += len;
     }
     panic!("address {a:#x} is outside guest memory");
+}
+
+/// Fills guest memory (and `expect`) with the input's bytes: region 0 first, the rest in
+/// region 1, zeros after.
+fn fill(mem: &GuestMem, expect: &mut [u8], memory: &[u8]) {
+    let n = memory.len().min(TOTAL);
+    expect[..n].copy_from_slice(&memory[..n]);
+    expect[n..].fill(0);
+    let mut base = 0;
+    for &(a, l) in &CHAIN_REGIONS {
+        mem.write_slice(&expect[base..base + l], GuestAddress(a))
+            .expect("fill");
+        base += l;
+    }
+}
+
+/// Copies all guest memory out, regions end to end.
+fn dump(mem: &GuestMem, out: &mut [u8]) {
+    let mut base = 0;
+    for &(a, l) in &CHAIN_REGIONS {
+        mem.read_slice(&mut out[base..base + l], GuestAddress(a))
+            .expect("dump");
+        base += l;
+    }
 }
 
 fn check_segment(mem: &GuestMem, s: &Segment) {
@@ -68,56 +112,33 @@ fn check_segment(mem: &GuestMem, s: &Segment) {
     assert_eq!(s.host, host, "segment {s:?}: wrong host address");
 }
 
-/// The bytes of `segs` from `offset` on, at most `len` of them, as (region, offset) pairs.
-fn positions(segs: &[Segment], offset: u32, len: usize) -> Vec<(usize, usize)> {
+/// The pieces of `segs` from `offset` on, at most `len` bytes: (position in the copied
+/// bytes, flat position in guest memory, length). Each segment lies in one region (checked).
+fn pieces(segs: &[Segment], offset: u32, len: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
     let mut skip = offset as u64;
+    let mut done = 0;
     for s in segs {
-        for k in 0..s.len as u64 {
-            if out.len() == len {
-                return out;
-            }
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            out.push(locate(s.addr + k));
+        if done == len {
+            break;
         }
+        let slen = s.len as u64;
+        if skip >= slen {
+            skip -= slen;
+            continue;
+        }
+        let n = ((slen - skip) as usize).min(len - done);
+        out.push((done, flat(s.addr + skip), n));
+        done += n;
+        skip = 0;
     }
     out
 }
 
-/// The bytes `write_at` writes: 64 KiB (the largest `len`), built once.
-fn pattern() -> &'static [u8] {
-    static P: OnceLock<Vec<u8>> = OnceLock::new();
-    P.get_or_init(|| {
-        (0..=u16::MAX as usize)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
-            .collect()
-    })
-}
-
-fn zeros() -> &'static [u8] {
-    static Z: OnceLock<Vec<u8>> = OnceLock::new();
-    Z.get_or_init(|| vec![0u8; CHAIN_REGIONS.iter().map(|r| r.1).max().unwrap_or(0)])
-}
-
-fuzz_target!(|data: &[u8]| {
+fn run(s: &mut Scratch, data: &[u8]) {
     let input = parse_chain(data);
     let mem = memory();
-    // Reset guest memory: zeros, then the input's contents.
-    for &(a, l) in &CHAIN_REGIONS {
-        mem.write_slice(&zeros()[..l], GuestAddress(a))
-            .expect("zero");
-    }
-    let (r0, rest) = input
-        .memory
-        .split_at(input.memory.len().min(CHAIN_REGIONS[0].1));
-    mem.write_slice(r0, GuestAddress(CHAIN_REGIONS[0].0))
-        .expect("fill 0");
-    let rest = &rest[..rest.len().min(CHAIN_REGIONS[1].1)];
-    mem.write_slice(rest, GuestAddress(CHAIN_REGIONS[1].0))
-        .expect("fill 1");
+    fill(mem, &mut s.expect, &input.memory);
 
     let mut chain = Chain::default();
     let res = chain.walk(
@@ -134,8 +155,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(chain.head(), input.head);
 
     let segs = chain.segments();
-    for s in segs {
-        check_segment(mem, s);
+    for seg in segs {
+        check_segment(mem, seg);
     }
     let r = chain.readable();
     let w = chain.writable();
@@ -150,29 +171,38 @@ fuzz_target!(|data: &[u8]| {
         chain.writable_len() as u64
     );
 
-    let before = dump(mem);
     let len = input.len as usize;
-
     // read_at returns exactly the readable bytes from `offset`.
-    let mut buf = vec![0u8; len];
-    let n = chain.read_at(input.offset, &mut buf);
-    let want = positions(r, input.offset, len);
-    assert_eq!(n, want.len(), "read_at length");
-    for (i, &(reg, off)) in want.iter().enumerate() {
-        assert_eq!(buf[i], before[reg][off], "read_at byte {i}");
+    let buf = &mut s.buf[..len];
+    let n = chain.read_at(input.offset, buf);
+    let want = pieces(r, input.offset, len);
+    assert_eq!(n, want.iter().map(|p| p.2).sum::<usize>(), "read_at length");
+    for &(at, g, k) in &want {
+        assert!(
+            buf[at..at + k] == s.expect[g..g + k],
+            "read_at bytes at {at}"
+        );
     }
 
     // write_at changes exactly the writable bytes from `offset`, in order.
-    let pattern = &pattern()[..len];
+    let pattern = &s.pattern[..len];
     let n = chain.write_at(input.offset, pattern);
-    let want = positions(w, input.offset, len);
-    assert_eq!(n, want.len(), "write_at length");
-    let mut expect = before;
-    for (i, &(reg, off)) in want.iter().enumerate() {
-        expect[reg][off] = pattern[i];
+    let want = pieces(w, input.offset, len);
+    assert_eq!(
+        n,
+        want.iter().map(|p| p.2).sum::<usize>(),
+        "write_at length"
+    );
+    for &(at, g, k) in &want {
+        s.expect[g..g + k].copy_from_slice(&pattern[at..at + k]);
     }
+    dump(mem, &mut s.actual);
     assert!(
-        dump(mem) == expect,
+        s.actual == s.expect,
         "write_at touched bytes outside the chain's writable part"
     );
+}
+
+fuzz_target!(|data: &[u8]| {
+    SCRATCH.with(|s| run(&mut s.borrow_mut(), data));
 });

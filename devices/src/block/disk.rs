@@ -48,11 +48,23 @@ pub(crate) struct Counters {
     pub io_errors: AtomicU64,
     pub unsupported: AtomicU64,
     pub offloaded: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the data of a read or write that succeeded.
+    pub(crate) fn transferred(&self, write: bool, len: u32) {
+        let c = if write {
+            &self.written_bytes
+        } else {
+            &self.read_bytes
+        };
+        c.fetch_add(u64::from(len), Ordering::Relaxed);
     }
 }
 
@@ -140,6 +152,10 @@ pub(crate) struct Disk {
     /// tries each read or write inline first and uses the ring only when it would block.
     /// Buffered images without it (tmpfs) run inline entirely; O_DIRECT always uses the ring.
     pub nowait: bool,
+    /// Reads (index 0) or writes (1) with RWF_NOWAIT are refused (EOPNOTSUPP; ext4 takes
+    /// NOWAIT buffered reads but not writes), learnt from the first refusal: no request of
+    /// that kind tries it again.
+    nowait_refused: [AtomicBool; 2],
     capacity: AtomicU64,
     writeback: AtomicBool,
     /// VIRTIO_BLK_F_FLUSH negotiated (true until the driver's features say otherwise).
@@ -181,6 +197,7 @@ impl Disk {
             io_opt: g.io_opt,
             serial: p.serial,
             nowait,
+            nowait_refused: [AtomicBool::new(false), AtomicBool::new(false)],
             capacity: AtomicU64::new(g.size / SECTOR_SIZE),
             writeback: AtomicBool::new(p.writeback),
             flush_acked: AtomicBool::new(true),
@@ -277,8 +294,16 @@ impl Disk {
         Ok(())
     }
 
+    /// Whether a read (or write) may be tried with RWF_NOWAIT: the file takes it (`nowait`)
+    /// and no request of that kind was refused with EOPNOTSUPP (see `rw_nowait`).
+    pub(crate) fn nowait_for(&self, write: bool) -> bool {
+        self.nowait && !self.nowait_refused[usize::from(write)].load(Ordering::Relaxed)
+    }
+
     /// One preadv2/pwritev2 with RWF_NOWAIT over the start of `iov` (at most IOV_MAX
     /// entries): the bytes transferred, or the error (EAGAIN: it would have blocked).
+    /// An EOPNOTSUPP is remembered (`nowait_for`): the file refuses the flag for that kind
+    /// of request whatever the data, so it is never tried again.
     pub(crate) fn rw_nowait(
         &self,
         iov: &IoVecs,
@@ -303,7 +328,11 @@ impl Disk {
             unsafe { libc::preadv2(fd, rest.as_ptr(), n, off, libc::RWF_NOWAIT) }
         };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                self.nowait_refused[usize::from(write)].store(true, Ordering::Relaxed);
+            }
+            return Err(e);
         }
         Ok(r as usize)
     }
@@ -422,6 +451,38 @@ mod tests {
             let mut b = AlignedBuf::new(10_000, align);
             assert_eq!(b.as_slice().as_ptr() as usize % align, 0);
             assert_eq!(b.as_mut_slice().len(), 10_000);
+        }
+    }
+
+    #[test]
+    fn a_refused_nowait_path_is_not_tried_again() {
+        let f = tempfile::tempfile().expect("tempfile");
+        f.set_len(8192).expect("set_len");
+        let g = Geometry::probe(&f).expect("probe");
+        let d = Disk::new(DiskParams {
+            file: f,
+            geometry: g,
+            read_only: false,
+            direct: false,
+            logical_block_size: 512,
+            serial: [0; 20],
+            writeback: true,
+        });
+        if !d.nowait {
+            return; // The temporary directory takes no RWF_NOWAIT at all (tmpfs).
+        }
+        assert!(d.nowait_for(false) && d.nowait_for(true));
+        let mut buf = vec![7u8; 4096];
+        let mut iov = IoVecs::default();
+        iov.push(buf.as_mut_ptr() as usize, buf.len());
+        match d.rw_nowait(&iov, 0, true, false) {
+            // ext4: buffered writes refuse the flag, for good.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                assert!(!d.nowait_for(true), "writes are not tried again");
+                assert!(d.nowait_for(false), "reads still are");
+            }
+            // A file system that takes it (xfs, btrfs), or one that would block.
+            _ => assert!(d.nowait_for(true)),
         }
     }
 

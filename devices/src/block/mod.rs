@@ -9,6 +9,8 @@ mod discard;
 mod disk;
 mod error;
 mod iovec;
+mod metrics;
+mod nowait;
 mod request;
 mod sync_engine;
 mod uring_engine;
@@ -111,6 +113,10 @@ pub struct BlockStats {
     pub unsupported: u64,
     /// Buffered reads and writes handed to io_uring's kernel workers (`BlockConfig::cpus`).
     pub offloaded: u64,
+    /// Bytes of reads that succeeded.
+    pub read_bytes: u64,
+    /// Bytes of writes that succeeded.
+    pub written_bytes: u64,
 }
 
 /// Device state kept in a snapshot.
@@ -318,6 +324,8 @@ impl BlockDevice {
             io_errors: get(&c.io_errors),
             unsupported: get(&c.unsupported),
             offloaded: get(&c.offloaded),
+            read_bytes: get(&c.read_bytes),
+            written_bytes: get(&c.written_bytes),
         }
     }
 
@@ -469,6 +477,14 @@ impl VhostUserDevice for BlockDevice {
             f.push((k.to_string(), v.to_string()));
         }
         f
+    }
+
+    fn metrics(&self) -> Vec<vu_core::Metric> {
+        metrics::metrics(
+            &self.stats(),
+            self.disk.capacity().saturating_mul(disk::SECTOR_SIZE),
+            self.disk.writeback(),
+        )
     }
 
     fn set_config_notifier(&self, notifier: Arc<ConfigNotifier>) {

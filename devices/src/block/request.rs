@@ -198,6 +198,7 @@ pub(crate) fn rw_sync(
             if dsync {
                 Counters::bump(&disk.counters.durable_writes);
             }
+            disk.counters.transferred(write, len);
             S_OK
         }
         Err(e) => {

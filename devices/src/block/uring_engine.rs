@@ -1,5 +1,5 @@
 //! The io_uring engine: one ring per queue, reads/writes/flushes submitted in batches with
-//! the head index as user data, completions reaped when the ring's eventfd fires. Requests
+//! the head index as user data, completions reaped when the ring's fd polls readable. Requests
 //! the ring cannot take as they are (misaligned for O_DIRECT, too many iovecs), and the rare
 //! request types (GET_ID, DISCARD, WRITE_ZEROES), run synchronously inline.
 //!
@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
-use vmm_sys_util::eventfd::EventFd;
 use vu_core::{Chain, Progress, QueueHandler, QueueIo};
 
 use super::disk::{Counters, Disk, IOV_MAX};
 use super::iovec::IoVecs;
+use super::nowait::NowaitGate;
 use super::request::{
     build_iovecs, classify, direct_ok, execute_sync, finish, publish_early, Action, OFFLOAD_BYTES,
     S_IOERR, S_OK,
@@ -89,7 +89,6 @@ struct Slot {
 pub(crate) struct UringHandler {
     disk: Arc<Disk>,
     ring: IoUring,
-    eventfd: EventFd,
     slots: Vec<Slot>,
     in_flight: usize,
     max_in_flight: usize,
@@ -99,6 +98,8 @@ pub(crate) struct UringHandler {
     offload: bool,
     /// The kernel cancelled a request because it could not start a worker.
     no_workers: bool,
+    /// When to try buffered reads and writes inline with RWF_NOWAIT (EAGAIN backoff).
+    nowait: NowaitGate,
 }
 
 impl std::fmt::Debug for UringHandler {
@@ -117,14 +118,15 @@ impl UringHandler {
         &mut self.ring
     }
 
-    /// A ring sized for `queue_size` (at most 4096 entries) with its completion eventfd.
+    /// A ring sized for `queue_size` (at most 4096 entries); the worker watches the ring's own
+    /// fd (readable while completions wait in it).
     /// `offload`: large buffered copies that have company may go to the kernel's workers (the
     /// device decides: buffered image, fewer queues than CPUs).
     pub(crate) fn new(disk: Arc<Disk>, queue_size: u16, offload: bool) -> io::Result<Self> {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
             .next_power_of_two();
-        // The ring starts disabled, gets its eventfd and the image file (fixed file 0), then
+        // The ring starts disabled, gets the image file (fixed file 0), then
         // is restricted before it is enabled: only the three operations the block path
         // submits, each with FIXED_FILE set (required) and IO_DRAIN and ASYNC as the only
         // other flags.
@@ -153,9 +155,7 @@ impl UringHandler {
             }
             Err(e) => return Err(e),
         };
-        let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let submitter = ring.submitter();
-        submitter.register_eventfd(eventfd.as_raw_fd())?;
         submitter.register_files(&[disk.file.as_raw_fd()])?;
         submitter.register_restrictions(&mut [
             Restriction::sqe_op(opcode::Readv::CODE),
@@ -170,7 +170,6 @@ impl UringHandler {
         Ok(UringHandler {
             disk,
             ring,
-            eventfd,
             slots: (0..queue_size).map(|_| Slot::default()).collect(),
             in_flight: 0,
             max_in_flight,
@@ -178,6 +177,7 @@ impl UringHandler {
             sync_iov: IoVecs::default(),
             offload,
             no_workers: false,
+            nowait: NowaitGate::default(),
         })
     }
 
@@ -232,15 +232,27 @@ impl UringHandler {
         slot.offload = offload;
         if offload {
             Counters::bump(&c.offloaded);
-        } else if op != Op::Flush && disk.nowait {
+        } else if op != Op::Flush
+            && disk.nowait_for(op == Op::Write)
+            && self.nowait.try_inline(op == Op::Write)
+        {
             // Buffered and non-blocking capable: try it inline (page-cache hit, or a write
-            // that does not have to wait); the ring only gets what would block.
-            if let Ok(n) = disk.rw_nowait(&slot.iov, offset, op == Op::Write, slot.dsync) {
+            // that does not have to wait); the ring only gets what would block. A path that
+            // would have blocked lately, or that the file refuses, is not tried (`nowait.rs`).
+            let write = op == Op::Write;
+            let tried = disk.rw_nowait(&slot.iov, offset, write, slot.dsync);
+            if let Err(e) = &tried {
+                self.nowait
+                    .outcome(write, e.raw_os_error() == Some(libc::EAGAIN));
+            }
+            if let Ok(n) = tried {
+                self.nowait.outcome(write, false);
                 let n = n as u64;
                 if n >= slot.left {
                     if slot.dsync {
                         Counters::bump(&c.durable_writes);
                     }
+                    c.transferred(op == Op::Write, len);
                     let data = if op == Op::Read { len } else { 0 };
                     return Some(finish(disk, chain, S_OK, data));
                 }
@@ -423,6 +435,11 @@ impl UringHandler {
         if ok && slot.op == Op::Write && slot.dsync {
             Counters::bump(&self.disk.counters.durable_writes);
         }
+        if ok && slot.op != Op::Flush {
+            self.disk
+                .counters
+                .transferred(slot.op == Op::Write, slot.len);
+        }
         let data = if ok && slot.op == Op::Read {
             slot.len
         } else {
@@ -457,7 +474,15 @@ fn async_flag(offload: bool) -> squeue::Flags {
 
 impl QueueHandler for UringHandler {
     fn event_fds(&self) -> Vec<RawFd> {
-        vec![self.eventfd.as_raw_fd()]
+        // The ring's fd polls readable while its completion queue holds entries, and wakes
+        // its pollers each time the kernel posts some, from wherever it posts them: an io-wq
+        // worker, or task work on this thread (O_DIRECT I/O finished by an interrupt, a
+        // buffered read that waited for its page, anything finished inside io_uring_enter),
+        // which may run at any return to user space, between any two instructions of ours.
+        // Unlike an eventfd, it needs no read: reaping the completions makes it unready
+        // (level-triggered, epoll polls it again before it reports it), so completions the
+        // worker collects before it sleeps (`before_sleep`) cost no second wait.
+        vec![self.ring.as_raw_fd()]
     }
 
     fn process(&mut self, q: &mut QueueIo) -> Progress {
@@ -504,8 +529,14 @@ impl QueueHandler for UringHandler {
         true
     }
 
+    fn before_sleep(&mut self, q: &mut QueueIo) -> bool {
+        // Completions posted by task work this thread ran on its way back from a system call
+        // (typically the wait that it interrupted): reaped here, the ring's fd is not ready
+        // by the time the worker waits again (see `event_fds`).
+        self.poll(q)
+    }
+
     fn handle_event(&mut self, _index: usize, q: &mut QueueIo) {
-        let _ = self.eventfd.read();
         self.reap(q);
         self.submit();
     }

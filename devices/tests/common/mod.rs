@@ -2,6 +2,8 @@
 //! core's real `Handler` fed vhost-user messages, rings written and read from the driver side.
 #![allow(dead_code)]
 
+pub mod vsock;
+
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -17,7 +19,13 @@ use vu_core::message::*;
 use vu_core::VhostUserDevice;
 use zerocopy::IntoBytes;
 
-const MEM_SIZE: usize = 64 << 20;
+pub mod net;
+pub mod netns;
+
+/// Guest memory size.
+pub const MEM_SIZE: usize = 64 << 20;
+/// Size of the guest memory (addresses at or beyond it are outside guest memory).
+pub const GUEST_MEM_SIZE: u64 = MEM_SIZE as u64;
 /// Where the front-end pretends to have guest memory mapped.
 const UADDR: u64 = 0x7f00_0000_0000;
 /// Per queue: rings in a 1 MiB slice, buffers in a 12 MiB slice from 8 MiB (four queues).
@@ -39,6 +47,16 @@ pub enum Buf {
     OutAt(Vec<u8>, u64),
     /// Device-writable, placed this many bytes past a page boundary.
     InAt(u32, u64),
+    /// A descriptor with this address and length as they are (nothing is allocated or
+    /// written): for buffers outside guest memory or absurd lengths.
+    Raw {
+        /// Guest physical address.
+        addr: u64,
+        /// Length.
+        len: u32,
+        /// Device-writable.
+        write: bool,
+    },
 }
 
 /// A chain placed in a ring.
@@ -105,6 +123,18 @@ fn dup(fd: &EventFd) -> OwnedFd {
 impl Frontend {
     /// Negotiates features, shares memory and starts `queues` rings of `size` entries.
     pub fn new(device: Arc<dyn VhostUserDevice>, queues: usize, size: u16) -> Self {
+        Self::with_features(device, queues, size, |offered| {
+            offered & !(features::RING_EVENT_IDX | features::LOG_ALL)
+        })
+    }
+
+    /// As `new`, acking `pick(offered)` as the virtio features.
+    pub fn with_features(
+        device: Arc<dyn VhostUserDevice>,
+        queues: usize,
+        size: u16,
+        pick: impl FnOnce(u64) -> u64,
+    ) -> Self {
         let fd = memfd_create("guest", MFdFlags::MFD_CLOEXEC).expect("memfd");
         let file = File::from(fd);
         file.set_len(MEM_SIZE as u64).expect("size memfd");
@@ -121,7 +151,7 @@ impl Frontend {
         };
         fe.send(Request::SetOwner, &[], vec![]).expect("SET_OWNER");
         let offered = fe.get_u64(Request::GetFeatures);
-        let wanted = offered & !(features::RING_EVENT_IDX | features::LOG_ALL);
+        let wanted = pick(offered);
         fe.send(
             Request::SetFeatures,
             U64 { value: wanted }.as_bytes(),
@@ -291,6 +321,9 @@ impl Frontend {
                     descs.push((a, *n, F_WRITE));
                     writable.push((a, *n));
                 }
+                Buf::Raw { addr, len, write } => {
+                    descs.push((*addr, *len, if *write { F_WRITE } else { 0 }));
+                }
             }
         }
         let r = &mut self.rings[q];
@@ -322,6 +355,36 @@ impl Frontend {
         Submitted { head, writable }
     }
 
+    /// Writes a chain of raw descriptors (guest address, length, device-writable), any
+    /// address at all, and makes it available (no kick). Returns its head.
+    pub fn submit_descs(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
+        let r = &mut self.rings[q];
+        let head = r.next_desc;
+        let n = descs.len();
+        for (i, (addr, len, w)) in descs.iter().enumerate() {
+            let idx = (head + i as u16) % r.size;
+            let next = (idx + 1) % r.size;
+            let flags = if *w { F_WRITE } else { 0 } | if i + 1 < n { F_NEXT } else { 0 };
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..].copy_from_slice(&next.to_le_bytes());
+            self.mem
+                .write_slice(&d, GuestAddress(r.desc + 16 * u64::from(idx)))
+                .expect("descriptor");
+        }
+        r.next_desc = (head + n as u16) % r.size;
+        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % r.size);
+        self.mem
+            .write_obj(head, GuestAddress(slot))
+            .expect("avail ring");
+        r.avail_idx = r.avail_idx.wrapping_add(1);
+        r.outstanding += 1;
+        self.publish(q);
+        head
+    }
+
     /// Makes everything placed in ring `q` so far available to the device.
     fn publish(&self, q: usize) {
         let r = &self.rings[q];
@@ -339,6 +402,15 @@ impl Frontend {
             .collect();
         self.publish(q);
         subs
+    }
+
+    /// Used entries of ring `q` published so far, without waiting for any (or None).
+    pub fn poll_used(&mut self, q: usize) -> Vec<(u32, u32)> {
+        let n = self.pending_used(q);
+        if n == 0 {
+            return Vec::new();
+        }
+        self.wait(q, usize::from(n))
     }
 
     /// Kicks ring `q`.
@@ -377,6 +449,40 @@ impl Frontend {
         out
     }
 
+    /// Like `wait`, but gives up after `timeout` and returns what arrived (for devices that
+    /// may hold requests, such as a rate-limited rng).
+    pub fn try_wait(&mut self, q: usize, n: usize, timeout: Duration) -> Vec<(u32, u32)> {
+        let deadline = Instant::now() + timeout;
+        let r = &mut self.rings[q];
+        let mut out = Vec::new();
+        loop {
+            let idx: u16 = self
+                .mem
+                .load(GuestAddress(r.used + 2), Ordering::Acquire)
+                .expect("used idx");
+            while r.used_seen != idx && out.len() < n {
+                let e = r.used + 4 + 8 * u64::from(r.used_seen % r.size);
+                let id: u32 = self.mem.read_obj(GuestAddress(e)).expect("used id");
+                let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).expect("used len");
+                out.push((id, len));
+                r.used_seen = r.used_seen.wrapping_add(1);
+                r.outstanding = r.outstanding.saturating_sub(1);
+            }
+            if out.len() >= n || Instant::now() >= deadline {
+                let _ = r.call.read();
+                return out;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Writes guest memory bytes.
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .expect("write");
+    }
+
     /// Used entries the device has published that `wait` has not consumed.
     pub fn pending_used(&self, q: usize) -> u16 {
         let r = &self.rings[q];
@@ -387,6 +493,71 @@ impl Frontend {
         idx.wrapping_sub(r.used_seen)
     }
 
+    /// Queue `q`'s slice of guest memory for buffers (start, length), for drivers that
+    /// place buffers themselves (`submit_fixed`).
+    pub fn buffer_area(&self, q: usize) -> (u64, u64) {
+        (BUF_BASE + BUF_SLICE * q as u64, BUF_SLICE)
+    }
+
+    /// The head index the next chain placed in ring `q` gets.
+    pub fn next_head(&self, q: usize) -> u16 {
+        self.rings[q].next_desc
+    }
+
+    /// Makes a chain of buffers at addresses the caller chose available (no kick): each
+    /// is (guest address, length, device-writable). Their contents are the caller's.
+    pub fn submit_fixed(&mut self, q: usize, bufs: &[(u64, u32, bool)]) -> Submitted {
+        let r = &mut self.rings[q];
+        let head = r.next_desc;
+        let n = bufs.len();
+        let mut writable = Vec::new();
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let idx = (head + i as u16) % r.size;
+            let next = (idx + 1) % r.size;
+            let flags = if w { F_WRITE } else { 0 } | if i + 1 < n { F_NEXT } else { 0 };
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..].copy_from_slice(&next.to_le_bytes());
+            self.mem
+                .write_slice(&d, GuestAddress(r.desc + 16 * u64::from(idx)))
+                .expect("descriptor");
+            if w {
+                writable.push((addr, len));
+            }
+        }
+        r.next_desc = (head + n as u16) % r.size;
+        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % r.size);
+        self.mem
+            .write_obj(head, GuestAddress(slot))
+            .expect("avail ring");
+        r.avail_idx = r.avail_idx.wrapping_add(1);
+        r.outstanding += 1;
+        self.publish(q);
+        Submitted { head, writable }
+    }
+
+    /// Used entries published on ring `q` since the last look, without waiting.
+    pub fn used_now(&mut self, q: usize) -> Vec<(u32, u32)> {
+        let r = &mut self.rings[q];
+        let idx: u16 = self
+            .mem
+            .load(GuestAddress(r.used + 2), Ordering::Acquire)
+            .expect("used idx");
+        let mut out = Vec::new();
+        while r.used_seen != idx {
+            let e = r.used + 4 + 8 * u64::from(r.used_seen % r.size);
+            let id: u32 = self.mem.read_obj(GuestAddress(e)).expect("used id");
+            let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).expect("used len");
+            out.push((id, len));
+            r.used_seen = r.used_seen.wrapping_add(1);
+            r.outstanding = r.outstanding.saturating_sub(1);
+        }
+        let _ = r.call.read();
+        out
+    }
+
     /// Guest memory bytes.
     pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
@@ -394,6 +565,18 @@ impl Frontend {
             .read_slice(&mut v, GuestAddress(addr))
             .expect("read");
         v
+    }
+
+    /// The first `used` bytes of a finished chain's writable buffers (rng: the entropy).
+    pub fn written(&self, s: &Submitted, used: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut left = used as usize;
+        for (a, n) in &s.writable {
+            let k = left.min(*n as usize);
+            bytes.extend(self.read(*a, k));
+            left -= k;
+        }
+        bytes
     }
 
     /// Splits a finished chain's writable bytes into data and status.
@@ -489,4 +672,42 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect()
+}
+
+/// Context switches (voluntary and not) and CPU time in clock ticks, summed over the threads
+/// of this process named `name` (a queue worker is `<device>-q<N>`): a worker that sleeps
+/// in epoll switches once per wake-up; one that spins burns CPU.
+pub fn thread_activity(name: &str) -> (u64, u64) {
+    let (mut switches, mut ticks) = (0u64, 0u64);
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if l.starts_with("voluntary_ctxt_switches")
+                || l.starts_with("nonvoluntary_ctxt_switches")
+            {
+                switches += l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
+            for i in [11, 12] {
+                ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    (switches, ticks)
 }

@@ -4,6 +4,10 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use super::JailError;
 
+/// RLIMIT_NOFILE of a device process unless its kind asks for more
+/// (`crate::kinds::DeviceKind::open_files`).
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+
 /// The limits a device runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -19,7 +23,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            open_files: 1024,
+            open_files: DEFAULT_OPEN_FILES,
             data_bytes: 1 << 30,
         }
     }

@@ -28,6 +28,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod no_new_privs;
 pub mod policy;
+pub mod policy_names;
 pub mod preflight;
 pub mod seccomp;
 pub mod syscalls_x86_64;

@@ -48,29 +48,7 @@ pub enum SeccompMode {
 /// Most BPF alternatives one rule may expand into.
 pub const MAX_ALTERNATIVES: usize = 64;
 
-/// The policy files embedded in the binary, by name.
-pub const EMBEDDED_POLICIES: &[(&str, &str)] = &[
-    (
-        "common_device.policy",
-        include_str!("../../../jail-policies/x86_64/common_device.policy"),
-    ),
-    (
-        "vhost_user.policy",
-        include_str!("../../../jail-policies/x86_64/vhost_user.policy"),
-    ),
-    (
-        "block.policy",
-        include_str!("../../../jail-policies/x86_64/block.policy"),
-    ),
-    (
-        "block_device.policy",
-        include_str!("../../../jail-policies/x86_64/block_device.policy"),
-    ),
-];
-
-/// The devices with an embedded policy, `<device>_device.policy` (`common_device.policy` is
-/// the part every device shares, not a device).
-pub const DEVICES: &[&str] = &["block"];
+include!(concat!(env!("OUT_DIR"), "/policies.rs"));
 
 /// The top-level policy file of a device: `<device>_device.policy`. The name must be lower-case
 /// letters, digits and `_`, and not `common`.

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod inherit;
+pub mod metrics;
+pub mod notify;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,7 @@ pub fn output(mut cmd: Command) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn launcher");
     let mut running = Running::from_child(child);
+    running.control = control_of(&cmd);
     let status = running.wait_exit(READY_TIMEOUT);
     Output {
         status,
@@ -82,18 +87,60 @@ pub fn sparse_image(dir: &Path, name: &str, size: u64) -> PathBuf {
     path
 }
 
-/// A launcher that runs in the background, with its stderr read line by line.
+/// A launcher that runs in the background, with its stderr read line by line. One that is
+/// still running when dropped is killed, and a control socket it left behind removed.
 pub struct Running {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
+    control: Option<PathBuf>,
+}
+
+/// The control socket `cmd` names: its `--control` argument, else `VU_LAUNCHER_CONTROL`.
+fn control_of(cmd: &Command) -> Option<PathBuf> {
+    let args: Vec<_> = cmd.get_args().collect();
+    args.iter()
+        .position(|a| *a == "--control")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .or_else(|| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == "VU_LAUNCHER_CONTROL")
+                .and_then(|(_, v)| v.map(PathBuf::from))
+        })
+}
+
+/// Removes `path` if it is a socket nobody listens on (what a killed launcher leaves). A
+/// launcher run through a wrapper (strace) may outlive the wrapper by a moment: a socket still
+/// served is given up to 2 s to go stale.
+pub fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if !is_socket {
+            return;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        // A process's death has no readiness fd to wait on here: poll briefly.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 impl Running {
     /// Spawns `cmd` with stderr piped.
     pub fn spawn(mut cmd: Command) -> Running {
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        Running::from_child(cmd.spawn().expect("spawn launcher"))
+        let control = control_of(&cmd);
+        let mut r = Running::from_child(cmd.spawn().expect("spawn launcher"));
+        r.control = control;
+        r
     }
 
     fn from_child(mut child: Child) -> Running {
@@ -111,6 +158,7 @@ impl Running {
             child,
             lines: rx,
             seen: Vec::new(),
+            control: None,
         }
     }
 
@@ -222,7 +270,12 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
-            let _ = self.child.wait();
+        }
+        // A launcher that exits removes its control socket; a killed one (here or by the
+        // test) cannot.
+        let killed = self.child.wait().map_or(true, |s| s.code().is_none());
+        if let (true, Some(c)) = (killed, &self.control) {
+            remove_stale_socket(c);
         }
     }
 }

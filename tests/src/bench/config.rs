@@ -81,6 +81,52 @@ impl Notify {
     }
 }
 
+/// How requests are issued.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Closed loop: `iodepth` requests in flight per queue at all times (a completed one is
+    /// replaced at once); latency from the actual send.
+    Closed,
+    /// Open loop: `rate` requests per second in all (split evenly over the queues), sent in
+    /// batches of `batch` (one kick each) at fixed intervals whatever the server does. Up to
+    /// `iodepth` per queue are in flight; a request whose time comes while every slot is
+    /// busy waits for one. Latency counts from the intended send time, so a stall shows in
+    /// every request it delayed (no coordinated omission).
+    Rate {
+        /// Requests per second, all queues together.
+        rate: f64,
+        /// Requests per send (and kick).
+        batch: usize,
+    },
+    /// Bursts: `batch` requests at once (one kick), wait until all have completed, then
+    /// think for `think`, and again. Latency from the send.
+    Think {
+        /// Requests per burst.
+        batch: usize,
+        /// Idle time between a burst's last completion and the next burst.
+        think: Duration,
+    },
+}
+
+impl Pace {
+    /// As reported: "closed", "rate" or "think".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Pace::Closed => "closed",
+            Pace::Rate { .. } => "rate",
+            Pace::Think { .. } => "think",
+        }
+    }
+
+    /// Requests per send (1 in the closed loop's steady state).
+    pub fn batch(&self) -> usize {
+        match *self {
+            Pace::Closed => 1,
+            Pace::Rate { batch, .. } | Pace::Think { batch, .. } => batch,
+        }
+    }
+}
+
 /// One benchmark run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,8 +138,10 @@ pub struct Config {
     pub rwmix_read: u8,
     /// Bytes per request (a multiple of 512).
     pub bs: u32,
-    /// Requests in flight per queue.
+    /// Requests in flight per queue (with `Pace::Rate`: at most).
     pub iodepth: usize,
+    /// Closed loop, fixed rate or bursts with think time.
+    pub pace: Pace,
     /// Number of queues (one driver thread each).
     pub queues: usize,
     /// Descriptors per queue (each request takes three).
@@ -114,6 +162,11 @@ pub struct Config {
     pub seed: u64,
     /// The server's processes (each with its descendants) for CPU and memory figures.
     pub server_pids: Vec<u32>,
+    /// A cgroup holding every process of the server (cgroup v1 cpuacct, or v2): its CPU
+    /// figure then comes from there, which counts threads and processes that exited during
+    /// the run (io_uring's workers, a thread pool's idle threads). Without `server_pids`
+    /// its `cgroup.procs` name the processes for the memory and context-switch figures.
+    pub server_cgroup: Option<PathBuf>,
     /// A free-form label copied into the report.
     pub label: Option<String>,
     /// Give up when no request completes for this long.
@@ -130,6 +183,7 @@ impl Default for Config {
             rwmix_read: 70,
             bs: 4096,
             iodepth: 1,
+            pace: Pace::Closed,
             queues: 1,
             queue_size: 256,
             runtime: Duration::from_secs(5),
@@ -140,6 +194,7 @@ impl Default for Config {
             verify: false,
             seed: 0x5eed,
             server_pids: Vec::new(),
+            server_cgroup: None,
             label: None,
             stall_timeout: Duration::from_secs(10),
             null_size: 1 << 30,
@@ -152,6 +207,8 @@ pub const USAGE: &str = "\
 vu-bench: a host-side vhost-user-blk front-end and load generator.
 
 usage: vu-bench (--socket PATH | --null) [options]
+       vu-bench rng --help        (the same for vhost-user-rng servers)
+       vu-bench serve-rng --help  (our rng device, in-process, no jail)
 
 target:
   --socket PATH        a vhost-user-blk server socket (ours, qemu-storage-daemon, ...)
@@ -160,12 +217,15 @@ target:
   --null-size BYTES    capacity of the null device [1G]
   --server-pid PID     the server's process (repeatable; descendants included): report its
                        CPU seconds, IOPS per server CPU-second and RssAnon (idle and end)
+  --server-cgroup DIR  a cgroup holding the whole server (cpuacct.usage of cgroup v1, or
+                       cpu.stat of v2): its CPU figure comes from there, exited threads and
+                       processes included; its cgroup.procs stand in for --server-pid
 
 workload:
   --rw MODE            read | write | randread | randwrite | mixed   [randread]
   --rwmix-read PCT     reads in percent for --rw mixed               [70]
   --bs SIZE            bytes per request, multiple of 512 (4k, 128k) [4k]
-  --iodepth N          requests in flight per queue                  [1]
+  --iodepth N          requests in flight per queue                  [1; --rate: 32, at most]
   --queues N           queues, one driver thread each                [1]
   --queue-size N       descriptors per queue (3 per request)         [256]
   --runtime SEC        run time                                      [5]
@@ -176,6 +236,15 @@ workload:
   --verify             stamp written blocks with their offset, check read blocks
   --seed N             offset generator seed
   --stall-timeout SEC  fail when nothing completes for this long     [10]
+
+light load (default: closed loop, --iodepth requests always in flight):
+  --rate IOPS          open loop at a fixed rate, all queues together (2000, 10k, 0.5m):
+                       requests leave at fixed times whatever the server does; latency
+                       counts from the intended send time (stalls are not hidden), the
+                       send lag (actual - intended) and service time are reported apart
+  --batch N            requests per send, one kick each (--rate, --think-us)     [1]
+  --think-us US        bursts: send --batch requests, wait for all, idle US microseconds,
+                       again (latency from the send)
 
 output:
   --json               one JSON object on stdout instead of the table
@@ -204,13 +273,32 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size `{s}` is too large"))
 }
 
+/// Parses a request rate: a number with an optional k or m suffix (powers of 1000).
+pub fn parse_rate(s: &str) -> Result<f64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1e3),
+        Some('m') => (&t[..t.len() - 1], 1e6),
+        _ => (t.as_str(), 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("--rate `{s}` is not a rate (like 2000, 10k, 0.5m)"))?;
+    let v = v * mult;
+    ensure!(
+        v.is_finite() && (1.0..=1e8).contains(&v),
+        "--rate must be from 1 to 100m requests per second"
+    );
+    Ok(v)
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {
     /// Run a benchmark; `json` selects the output format.
     Run {
         /// The run.
-        config: Config,
+        config: Box<Config>,
         /// JSON output.
         json: bool,
     },
@@ -223,6 +311,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation>
     let mut c = Config::default();
     let mut json = false;
     let mut null = false;
+    let mut iodepth = None;
+    let (mut rate, mut batch, mut think) = (None, None, None);
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -266,7 +356,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation>
                 );
                 c.bs = v as u32;
             }
-            "--iodepth" => c.iodepth = num(value()?)? as usize,
+            "--iodepth" => iodepth = Some(num(value()?)? as usize),
+            "--rate" => rate = Some(parse_rate(&value()?)?),
+            "--batch" => batch = Some(num(value()?)? as usize),
+            "--think-us" => think = Some(Duration::from_micros(num(value()?)?)),
+            "--server-cgroup" => c.server_cgroup = Some(PathBuf::from(value()?)),
             "--queues" | "--num-queues" => c.queues = num(value()?)? as usize,
             "--queue-size" => {
                 let v = num(value()?)?;
@@ -303,8 +397,27 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Invocation>
         null != c.socket.is_some(),
         "give exactly one of --socket PATH and --null"
     );
+    let b = batch.unwrap_or(1);
+    c.pace = match (rate, think) {
+        (Some(_), Some(_)) => bail!("give at most one of --rate and --think-us"),
+        (Some(rate), None) => Pace::Rate { rate, batch: b },
+        (None, Some(think)) => Pace::Think { batch: b, think },
+        (None, None) => {
+            ensure!(batch.is_none(), "--batch goes with --rate or --think-us");
+            Pace::Closed
+        }
+    };
+    c.iodepth = match (iodepth, c.pace) {
+        (Some(d), _) => d,
+        (None, Pace::Rate { batch, .. }) => batch.max(32),
+        (None, Pace::Think { batch, .. }) => batch,
+        (None, Pace::Closed) => 1,
+    };
     c.validate()?;
-    Ok(Invocation::Run { config: c, json })
+    Ok(Invocation::Run {
+        config: Box::new(c),
+        json,
+    })
 }
 
 impl Config {
@@ -327,6 +440,31 @@ impl Config {
         );
         if let Some(0) = self.requests {
             bail!("--requests must be at least 1");
+        }
+        match self.pace {
+            Pace::Closed => {}
+            Pace::Rate { rate, batch } => {
+                ensure!(batch >= 1, "--batch must be at least 1");
+                ensure!(
+                    batch <= self.iodepth,
+                    "--batch {batch} is more than --iodepth {} requests in flight",
+                    self.iodepth
+                );
+                ensure!(
+                    rate / self.queues as f64 >= 0.01,
+                    "--rate is too low for {} queues",
+                    self.queues
+                );
+            }
+            Pace::Think { batch, think } => {
+                ensure!(batch >= 1, "--batch must be at least 1");
+                ensure!(
+                    batch <= self.iodepth,
+                    "--batch {batch} is more than --iodepth {} requests in flight",
+                    self.iodepth
+                );
+                ensure!(think < Duration::from_secs(3600), "--think-us is too long");
+            }
         }
         Ok(())
     }
@@ -365,6 +503,45 @@ mod tests {
         assert_eq!(config.queues, 2);
         assert_eq!(config.server_pids, vec![7, 8, 9]);
         assert_eq!(config.notify, Notify::Poll);
+    }
+
+    #[test]
+    fn parses_light_load_modes() {
+        let Ok(Invocation::Run { config, .. }) = parse_args(args(
+            "--null --rate 10k --queues 2 --server-cgroup /sys/fs/cgroup/x",
+        )) else {
+            panic!("does not parse");
+        };
+        assert_eq!(
+            config.pace,
+            Pace::Rate {
+                rate: 10_000.0,
+                batch: 1
+            }
+        );
+        assert_eq!(config.iodepth, 32, "--rate allows 32 in flight by default");
+        assert_eq!(
+            config.server_cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/x"))
+        );
+        let Ok(Invocation::Run { config, .. }) =
+            parse_args(args("--null --batch 32 --think-us 500"))
+        else {
+            panic!("does not parse");
+        };
+        assert_eq!(
+            config.pace,
+            Pace::Think {
+                batch: 32,
+                think: Duration::from_micros(500)
+            }
+        );
+        assert_eq!(config.iodepth, 32, "a burst fits");
+        assert_eq!(parse_rate("0.5m").ok(), Some(500_000.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_args(args("--null --rate 1k --think-us 5")).is_err());
+        assert!(parse_args(args("--null --batch 4")).is_err());
+        assert!(parse_args(args("--null --batch 8 --iodepth 4 --think-us 5")).is_err());
     }
 
     #[test]

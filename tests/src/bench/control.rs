@@ -159,6 +159,18 @@ impl Connection {
         })
     }
 
+    /// A connection another device's negotiation set up (`features` and `protocol` acked,
+    /// no config space): its queues are started and stopped as for block.
+    pub fn from_negotiated(fe: Frontend, features: u64, protocol: u64, queues: u64) -> Self {
+        Connection {
+            fe,
+            features,
+            protocol,
+            capacity_sectors: 0,
+            server_queues: queues,
+        }
+    }
+
     /// Whether EVENT_IDX was negotiated.
     pub fn event_idx(&self) -> bool {
         self.features & bits::EVENT_IDX != 0
@@ -218,6 +230,12 @@ impl Connection {
                 .set_vring_enable(q, true)
                 .map_err(|e| anyhow!("SET_VRING_ENABLE (queue {q}): {e}"))?;
         }
+        // A round trip: a server that takes the enables without REPLY_ACK has handled them
+        // once it answers (messages are handled in order). A kick that arrived before would
+        // find a disabled ring, and some servers (vhost-device-rng 0.1) then never look again.
+        self.fe
+            .get_features()
+            .map_err(|e| anyhow!("GET_FEATURES after enabling the queues: {e}"))?;
         Ok(out)
     }
 

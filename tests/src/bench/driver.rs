@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::config::{Notify, Rw, SECTOR};
+use super::config::{Notify, Pace, Rw, SECTOR};
 use super::control::QueueFds;
 use super::histogram::Histogram;
 use super::memory::{GuestMemory, QueueLayout};
@@ -52,13 +52,26 @@ pub struct QueueWork {
     pub seed: u64,
     /// Give up after this long without a completion.
     pub stall_timeout: Duration,
+    /// Closed loop, fixed rate or bursts (see `pace.rs`).
+    pub pace: Pace,
+    /// With `Pace::Rate`: this queue's time between two sends, ns.
+    pub interval_ns: u64,
+    /// With `Pace::Rate`: this queue's first send, ns after the common start (queues are
+    /// staggered so that their sends interleave).
+    pub phase_ns: u64,
 }
 
 /// What one queue's driver measured.
 #[derive(Debug, Clone, Default)]
 pub struct QueueResult {
-    /// Completion latencies in ns.
+    /// Completion latencies in ns (with `Pace::Rate`: from the intended send time).
     pub latency: Histogram,
+    /// With `Pace::Rate`: how late requests left (actual - intended send time), ns.
+    pub lag: Histogram,
+    /// With `Pace::Rate`: completion latencies from the actual send, ns.
+    pub service: Histogram,
+    /// With `Pace::Rate`: requests that had to wait for a free slot (`iodepth` in flight).
+    pub late: u64,
     /// Requests completed.
     pub completed: u64,
     /// Of which reads.
@@ -86,7 +99,10 @@ pub struct QueueResult {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Slot {
+pub(super) struct Slot {
+    /// When it should have left (the latency's start).
+    intended_ns: u64,
+    /// When it left.
     submitted_ns: u64,
     offset: u64,
     write: bool,
@@ -128,14 +144,14 @@ fn stamp(seed: u64, at: u64) -> u64 {
 /// One queue's driver, ready to run on its own thread.
 #[derive(Debug)]
 pub struct QueueDriver {
-    work: QueueWork,
-    ring: DriverRing,
-    fds: QueueFds,
+    pub(super) work: QueueWork,
+    pub(super) ring: DriverRing,
+    pub(super) fds: QueueFds,
     layout: QueueLayout,
     slots: Vec<Slot>,
     rng: Rng,
     cursor: u64,
-    issued: u64,
+    pub(super) issued: u64,
 }
 
 impl QueueDriver {
@@ -185,8 +201,9 @@ impl QueueDriver {
         }
     }
 
-    /// Fills slot `i` with a new request and offers it (not yet published).
-    fn submit(&mut self, i: usize, now_ns: u64) {
+    /// Fills slot `i` with a new request meant to leave at `intended_ns` and offers it at
+    /// `now_ns` (not yet published).
+    pub(super) fn submit(&mut self, i: usize, intended_ns: u64, now_ns: u64) {
         let write = match self.work.rw {
             Rw::Read | Rw::RandRead => false,
             Rw::Write | Rw::RandWrite => true,
@@ -227,6 +244,7 @@ impl QueueDriver {
             },
         );
         self.slots[i] = Slot {
+            intended_ns,
             submitted_ns: now_ns,
             offset,
             write,
@@ -253,7 +271,7 @@ impl QueueDriver {
         unsafe { std::ptr::read_volatile(p) }
     }
 
-    fn kick(&mut self, r: &mut QueueResult) {
+    pub(super) fn kick(&mut self, r: &mut QueueResult) {
         if self.ring.publish() {
             r.kicks += 1;
             if let Err(e) = self.fds.kick.write(1) {
@@ -262,16 +280,81 @@ impl QueueDriver {
         }
     }
 
-    fn more(&self, now: Instant, deadline: Instant) -> bool {
+    pub(super) fn more(&self, now: Instant, deadline: Instant) -> bool {
         match self.work.budget {
             Some(b) => self.issued < b,
             None => now < deadline,
         }
     }
 
+    /// Takes the used element `id` (checked: a request in flight), records its latency,
+    /// status and data check at `now_ns`; returns its slot, now free.
+    pub(super) fn complete(
+        &mut self,
+        id: u32,
+        now_ns: u64,
+        r: &mut QueueResult,
+        abort: &AtomicBool,
+    ) -> Result<usize> {
+        let i = (id / 3) as usize;
+        if !id.is_multiple_of(3) || i >= self.slots.len() || !self.slots[i].busy {
+            abort.store(true, Ordering::Relaxed);
+            bail!(
+                "queue {}: the server used descriptor {id}, which is no request in flight",
+                self.work.index
+            );
+        }
+        let slot = self.slots[i];
+        self.slots[i].busy = false;
+        r.completed += 1;
+        r.latency
+            .record(now_ns.saturating_sub(slot.intended_ns.min(slot.submitted_ns)));
+        if self.work.pace != Pace::Closed {
+            r.service.record(now_ns.saturating_sub(slot.submitted_ns));
+        }
+        if slot.write {
+            r.writes += 1;
+        } else {
+            r.reads += 1;
+        }
+        let status = self.status(i);
+        if status != 0 {
+            r.errors += 1;
+            r.first_error.get_or_insert_with(|| {
+                format!(
+                    "{} of {} bytes at offset {} completed with status {status}",
+                    if slot.write { "write" } else { "read" },
+                    self.work.bs,
+                    slot.offset
+                )
+            });
+        } else {
+            r.bytes += u64::from(self.work.bs);
+            if self.work.verify && !slot.write && !self.check_data(i, slot.offset) {
+                r.verify_failures += 1;
+                r.first_error.get_or_insert_with(|| {
+                    format!(
+                        "data read at offset {} does not match what was written",
+                        slot.offset
+                    )
+                });
+            }
+        }
+        Ok(i)
+    }
+
     /// Runs the queue: waits at `start`, then drives requests until the budget or the run
     /// time is used up and every request has completed. `abort` stops every queue early.
-    pub fn run(mut self, start_barrier: &Barrier, abort: &AtomicBool) -> Result<QueueResult> {
+    pub fn run(self, start_barrier: &Barrier, abort: &AtomicBool) -> Result<QueueResult> {
+        if self.work.pace == Pace::Closed {
+            self.run_closed(start_barrier, abort)
+        } else {
+            self.run_paced(start_barrier, abort)
+        }
+    }
+
+    /// The closed loop: `iodepth` requests in flight, each completion replaced at once.
+    fn run_closed(mut self, start_barrier: &Barrier, abort: &AtomicBool) -> Result<QueueResult> {
         let mut r = QueueResult::default();
         let epoll = Epoll::new()?;
         epoll.ctl(
@@ -293,7 +376,7 @@ impl QueueDriver {
             if !self.more(start, deadline) {
                 break;
             }
-            self.submit(i, 0);
+            self.submit(i, 0, 0);
             in_flight += 1;
         }
         self.kick(&mut r);
@@ -343,49 +426,10 @@ impl QueueDriver {
             last_progress = now;
             let now_ns = now.duration_since(start).as_nanos() as u64;
             while let Some((id, _len)) = self.ring.pop_used(used) {
-                let i = (id / 3) as usize;
-                if id % 3 != 0 || i >= self.slots.len() || !self.slots[i].busy {
-                    abort.store(true, Ordering::Relaxed);
-                    bail!(
-                        "queue {}: the server used descriptor {id}, which is no request in flight",
-                        self.work.index
-                    );
-                }
-                let slot = self.slots[i];
-                self.slots[i].busy = false;
+                let i = self.complete(id, now_ns, &mut r, abort)?;
                 in_flight -= 1;
-                r.completed += 1;
-                r.latency.record(now_ns - slot.submitted_ns);
-                if slot.write {
-                    r.writes += 1;
-                } else {
-                    r.reads += 1;
-                }
-                let status = self.status(i);
-                if status != 0 {
-                    r.errors += 1;
-                    r.first_error.get_or_insert_with(|| {
-                        format!(
-                            "{} of {} bytes at offset {} completed with status {status}",
-                            if slot.write { "write" } else { "read" },
-                            self.work.bs,
-                            slot.offset
-                        )
-                    });
-                } else {
-                    r.bytes += u64::from(self.work.bs);
-                    if self.work.verify && !slot.write && !self.check_data(i, slot.offset) {
-                        r.verify_failures += 1;
-                        r.first_error.get_or_insert_with(|| {
-                            format!(
-                                "data read at offset {} does not match what was written",
-                                slot.offset
-                            )
-                        });
-                    }
-                }
                 if self.more(now, deadline) {
-                    self.submit(i, now_ns);
+                    self.submit(i, now_ns, now_ns);
                     in_flight += 1;
                 }
             }

@@ -3,6 +3,7 @@
 //! descendants (a launcher and its jailed device process count together).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -104,6 +105,56 @@ pub fn own_threads_cpu_seconds(prefix: &str) -> f64 {
         .sum()
 }
 
+/// CPU seconds every task of a cgroup has used (exited ones included): `cpuacct.usage` of
+/// cgroup v1 (nanoseconds), else `usage_usec` in `cpu.stat` of cgroup v2.
+pub fn cgroup_cpu_seconds(dir: &Path) -> Result<f64> {
+    if let Ok(s) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+        let ns: u64 = s
+            .trim()
+            .parse()
+            .with_context(|| format!("bad cpuacct.usage in {}", dir.display()))?;
+        return Ok(ns as f64 / 1e9);
+    }
+    let stat = std::fs::read_to_string(dir.join("cpu.stat"))
+        .with_context(|| format!("{} has neither cpuacct.usage nor cpu.stat", dir.display()))?;
+    let usec: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no usage_usec in {}/cpu.stat", dir.display()))?;
+    Ok(usec as f64 / 1e6)
+}
+
+/// The processes of a cgroup (`cgroup.procs`).
+pub fn cgroup_pids(dir: &Path) -> Result<Vec<u32>> {
+    let s = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .with_context(|| format!("cannot read {}/cgroup.procs", dir.display()))?;
+    Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Voluntary context switches of every thread of `pids` that exists now: each is a sleep,
+/// so over a run they count the server's wake-ups (threads that exited in between are
+/// missing; involuntary switches, preemptions by other load, are not counted).
+pub fn wakeups(pids: &BTreeSet<u32>) -> u64 {
+    let mut total = 0;
+    for p in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in dir.flatten() {
+            let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+                continue;
+            };
+            total += s
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 /// `RssAnon` of `pid` in KiB.
 pub fn rss_anon_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -175,5 +226,6 @@ mod tests {
         assert!(s.rss_anon_kib > 0);
         assert!(s.cpu_s >= 0.0);
         assert!(thread_cpu_ns() > 0);
+        let _ = wakeups(&s.pids);
     }
 }

@@ -9,8 +9,15 @@ use super::histogram::Histogram;
 pub struct ServerReport {
     /// Processes measured (roots and descendants), or empty for in-process threads.
     pub pids: Vec<u32>,
-    /// CPU seconds (utime + stime) used during the run.
+    /// CPU seconds used during the run.
     pub cpu_s: f64,
+    /// Where `cpu_s` comes from: "cgroup" (every task that ran in the server's cgroup,
+    /// exited ones included), "proc" (utime + stime of the processes alive at the start
+    /// and end) or "threads" (this process's server threads).
+    pub cpu_from: &'static str,
+    /// Wake-ups of the server's threads during the run (their voluntary context switches,
+    /// i.e. sleeps); threads that exited meanwhile are missing.
+    pub wakeups: Option<u64>,
     /// RssAnon of all processes before the load generator connected, KiB.
     pub rss_anon_idle_kib: u64,
     /// RssAnon of all processes at the end of the run, KiB.
@@ -34,8 +41,16 @@ pub struct Report {
     pub rwmix_read: u8,
     /// Bytes per request.
     pub bs: u32,
-    /// Requests in flight per queue.
+    /// Requests in flight per queue (at most, with a rate).
     pub iodepth: usize,
+    /// "closed", "rate" or "think" (`Pace`).
+    pub pace: &'static str,
+    /// Target rate in requests per second (`--rate`).
+    pub rate: Option<f64>,
+    /// Requests per send.
+    pub batch: usize,
+    /// Think time between bursts, us (`--think-us`).
+    pub think_us: Option<u64>,
     /// Queues.
     pub queues: usize,
     /// Descriptors per queue.
@@ -62,8 +77,14 @@ pub struct Report {
     pub bytes: u64,
     /// Wall time from start to the last completion, seconds.
     pub elapsed_s: f64,
-    /// Completion latency.
+    /// Completion latency (with a rate: from the intended send time).
     pub latency: Histogram,
+    /// With a rate: how late requests left (actual - intended send time).
+    pub lag: Histogram,
+    /// With a rate: completion latency from the actual send.
+    pub service: Histogram,
+    /// With a rate: requests that waited for a free slot.
+    pub late: u64,
     /// Load generator CPU seconds (driver threads).
     pub client_cpu_s: f64,
     /// Kicks sent.
@@ -116,6 +137,12 @@ impl Report {
         (self.completed > 0).then(|| s.cpu_s * 1e6 / self.completed as f64)
     }
 
+    /// Server wake-ups per request.
+    pub fn server_wakeups_per_request(&self) -> Option<f64> {
+        let s = self.server.as_ref()?.wakeups?;
+        (self.completed > 0).then(|| s as f64 / self.completed as f64)
+    }
+
     fn us(ns: u64) -> f64 {
         ns as f64 / 1000.0
     }
@@ -150,6 +177,23 @@ impl Report {
             if self.event_idx { "on" } else { "off" },
             self.size >> 20
         );
+        match (self.pace, self.rate, self.think_us) {
+            ("rate", Some(rate), _) => {
+                let _ = writeln!(
+                    o,
+                    "pace        fixed rate {rate:.0} requests/s, {} per send, at most {} in flight per queue; {} waited for a slot",
+                    self.batch, self.iodepth, self.late
+                );
+            }
+            ("think", _, Some(t)) => {
+                let _ = writeln!(
+                    o,
+                    "pace        bursts of {}, {t} us think time after each",
+                    self.batch
+                );
+            }
+            _ => {}
+        }
         let _ = writeln!(
             o,
             "requests    {} ({} reads, {} writes) in {:.3} s; errors {}{}",
@@ -180,6 +224,18 @@ impl Report {
             Self::us(l.min()),
             Self::us(l.max())
         );
+        if self.pace == "rate" {
+            let (g, v) = (&self.lag, &self.service);
+            let _ = writeln!(
+                o,
+                "  from send p50 {:.1}  p99 {:.1}; send lag p50 {:.1}  p99 {:.1}  max {:.1}",
+                Self::us(v.percentile(0.5)),
+                Self::us(v.percentile(0.99)),
+                Self::us(g.percentile(0.5)),
+                Self::us(g.percentile(0.99)),
+                Self::us(g.max())
+            );
+        }
         let _ = writeln!(
             o,
             "vu-bench    {:.3} CPU s, {:.0} ns CPU per request, {} kicks, {} waits",
@@ -191,10 +247,14 @@ impl Report {
         if let Some(s) = &self.server {
             let _ = writeln!(
                 o,
-                "server      {:.3} CPU s, {:.0} IOPS per CPU-s, {:.2} us CPU per request{}",
+                "server      {:.3} CPU s ({}), {:.0} IOPS per CPU-s, {:.2} us CPU per request{}{}",
                 s.cpu_s,
+                s.cpu_from,
                 self.iops_per_server_cpu_s().unwrap_or(0.0),
                 self.server_us_per_request().unwrap_or(0.0),
+                self.server_wakeups_per_request()
+                    .map(|v| format!(", {v:.2} wake-ups per request"))
+                    .unwrap_or_default(),
                 if s.pids.is_empty() {
                     String::new()
                 } else {
@@ -230,6 +290,16 @@ impl Report {
         j.num("rwmix_read", self.rwmix_read);
         j.num("bs", self.bs);
         j.num("iodepth", self.iodepth);
+        j.str("pace", self.pace);
+        match self.rate {
+            Some(r) => j.float("rate", r),
+            None => j.raw("rate", "null"),
+        }
+        j.num("batch", self.batch);
+        match self.think_us {
+            Some(t) => j.num("think_us", t),
+            None => j.raw("think_us", "null"),
+        }
         j.num("queues", self.queues);
         j.num("queue_size", self.queue_size);
         j.str("notify", self.notify);
@@ -252,6 +322,15 @@ impl Report {
         j.float("lat_mean_us", l.mean() / 1000.0);
         j.float("lat_min_us", Self::us(l.min()));
         j.float("lat_max_us", Self::us(l.max()));
+        if self.pace == "rate" {
+            let (g, v) = (&self.lag, &self.service);
+            j.float("service_p50_us", Self::us(v.percentile(0.5)));
+            j.float("service_p99_us", Self::us(v.percentile(0.99)));
+            j.float("lag_p50_us", Self::us(g.percentile(0.5)));
+            j.float("lag_p99_us", Self::us(g.percentile(0.99)));
+            j.float("lag_max_us", Self::us(g.max()));
+            j.num("late", self.late);
+        }
         j.float("client_cpu_s", self.client_cpu_s);
         j.float("client_ns_per_request", self.client_ns_per_request());
         j.num("kicks", self.kicks);
@@ -261,6 +340,11 @@ impl Report {
                 let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
                 j.raw("server_pids", &format!("[{}]", pids.join(",")));
                 j.float("server_cpu_s", s.cpu_s);
+                j.str("server_cpu_from", s.cpu_from);
+                match s.wakeups {
+                    Some(v) => j.num("server_wakeups", v),
+                    None => j.raw("server_wakeups", "null"),
+                }
                 j.float(
                     "iops_per_server_cpu_s",
                     self.iops_per_server_cpu_s().unwrap_or(0.0),
@@ -294,7 +378,7 @@ impl Report {
 
 /// A tiny JSON object writer.
 #[derive(Debug, Default)]
-struct Json {
+pub(crate) struct Json {
     out: String,
 }
 
@@ -305,22 +389,22 @@ impl Json {
         self.out.push(':');
     }
 
-    fn raw(&mut self, k: &str, v: &str) {
+    pub(crate) fn raw(&mut self, k: &str, v: &str) {
         self.key(k);
         self.out.push_str(v);
     }
 
-    fn str(&mut self, k: &str, v: &str) {
+    pub(crate) fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         escape_into(&mut self.out, v);
     }
 
-    fn num(&mut self, k: &str, v: impl std::fmt::Display) {
+    pub(crate) fn num(&mut self, k: &str, v: impl std::fmt::Display) {
         self.key(k);
         let _ = write!(self.out, "{v}");
     }
 
-    fn float(&mut self, k: &str, v: f64) {
+    pub(crate) fn float(&mut self, k: &str, v: f64) {
         self.key(k);
         if v.is_finite() {
             let _ = write!(self.out, "{v:.3}");
@@ -329,7 +413,7 @@ impl Json {
         }
     }
 
-    fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         if self.out.is_empty() {
             self.out.push('{');
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::config::{Config, Rw, SECTOR};
+use super::config::{Config, Pace, Rw, SECTOR};
 use super::control::Connection;
 use super::driver::{QueueDriver, QueueResult, QueueWork};
 use super::histogram::Histogram;
@@ -23,12 +23,16 @@ enum ServerProbe {
     None,
     /// Processes (with descendants).
     Pids(Vec<u32>),
+    /// A cgroup holding the whole server (CPU from it), and its processes (with
+    /// descendants) for the other figures.
+    Cgroup(std::path::PathBuf, Vec<u32>),
     /// Threads of this process named `<prefix>...` (the in-process null server).
     OwnThreads(&'static str),
 }
 
 struct Sample {
     cpu_s: f64,
+    wakeups: Option<u64>,
     pids: Vec<u32>,
     rss: u64,
     leaf_rss: u64,
@@ -38,16 +42,18 @@ impl ServerProbe {
     fn sample(&self, pids: Option<&[u32]>) -> Option<Sample> {
         match self {
             ServerProbe::None => None,
-            ServerProbe::Pids(roots) => {
+            ServerProbe::Pids(roots) | ServerProbe::Cgroup(_, roots) => {
                 let s = procstat::sample(roots);
                 let tree: Vec<u32> = s.pids.iter().copied().collect();
                 // Measure CPU over the same processes at start and end.
-                let cpu_s = match pids {
-                    Some(p) => procstat::cpu_seconds(&p.iter().copied().collect()),
-                    None => s.cpu_s,
+                let cpu_s = match (self, pids) {
+                    (ServerProbe::Cgroup(dir, _), _) => procstat::cgroup_cpu_seconds(dir).ok()?,
+                    (_, Some(p)) => procstat::cpu_seconds(&p.iter().copied().collect()),
+                    (_, None) => s.cpu_s,
                 };
                 Some(Sample {
                     cpu_s,
+                    wakeups: Some(procstat::wakeups(&s.pids)),
                     pids: tree,
                     rss: s.rss_anon_kib,
                     leaf_rss: s.leaf_rss_anon_kib,
@@ -55,12 +61,40 @@ impl ServerProbe {
             }
             ServerProbe::OwnThreads(prefix) => Some(Sample {
                 cpu_s: procstat::own_threads_cpu_seconds(prefix),
+                wakeups: None,
                 pids: Vec::new(),
                 rss: 0,
                 leaf_rss: 0,
             }),
         }
     }
+
+    /// Where the CPU figure comes from.
+    fn cpu_from(&self) -> &'static str {
+        match self {
+            ServerProbe::None => "none",
+            ServerProbe::Pids(_) => "proc",
+            ServerProbe::Cgroup(..) => "cgroup",
+            ServerProbe::OwnThreads(_) => "threads",
+        }
+    }
+}
+
+/// How to measure the server of `config` (an external one: `--socket`).
+fn external_probe(config: &Config) -> Result<ServerProbe> {
+    Ok(match &config.server_cgroup {
+        Some(dir) => {
+            procstat::cgroup_cpu_seconds(dir)?;
+            let roots = if config.server_pids.is_empty() {
+                procstat::cgroup_pids(dir)?
+            } else {
+                config.server_pids.clone()
+            };
+            ServerProbe::Cgroup(dir.clone(), roots)
+        }
+        None if config.server_pids.is_empty() => ServerProbe::None,
+        None => ServerProbe::Pids(config.server_pids.clone()),
+    })
 }
 
 /// Runs the benchmark `config` describes.
@@ -68,15 +102,7 @@ pub fn run(config: &Config) -> Result<Report> {
     config.validate()?;
     let local;
     let (socket, probe, target) = match &config.socket {
-        Some(s) => (
-            s.clone(),
-            if config.server_pids.is_empty() {
-                ServerProbe::None
-            } else {
-                ServerProbe::Pids(config.server_pids.clone())
-            },
-            s.display().to_string(),
-        ),
+        Some(s) => (s.clone(), external_probe(config)?, s.display().to_string()),
         None => {
             local = LocalServer::start(NullDevice::new(config.queues, config.null_size))?;
             (
@@ -128,6 +154,14 @@ pub fn run(config: &Config) -> Result<Report> {
         let budget = config
             .requests
             .map(|n| n / nq + u64::from((q as u64) < n % nq));
+        // At a fixed rate each queue sends its share, staggered by a fraction of a period.
+        let (interval_ns, phase_ns) = match config.pace {
+            Pace::Rate { rate, batch } => {
+                let interval = (batch as f64 * 1e9 * nq as f64 / rate).max(1.0) as u64;
+                (interval, interval * q as u64 / nq)
+            }
+            _ => (0, 0),
+        };
         let work = QueueWork {
             index: q,
             rw: config.rw,
@@ -141,6 +175,9 @@ pub fn run(config: &Config) -> Result<Report> {
             verify: config.verify,
             seed: config.seed,
             stall_timeout: config.stall_timeout,
+            pace: config.pace,
+            interval_ns,
+            phase_ns,
         };
         let ring = DriverRing::new(mem.clone(), l, config.queue_size, conn.event_idx());
         drivers.push(QueueDriver::new(work, ring, f, *l));
@@ -182,6 +219,7 @@ pub fn run(config: &Config) -> Result<Report> {
     drop(conn);
 
     let mut latency = Histogram::new();
+    let (mut lag, mut service) = (Histogram::new(), Histogram::new());
     let mut rep = Report {
         label: config.label.clone(),
         target,
@@ -195,6 +233,16 @@ pub fn run(config: &Config) -> Result<Report> {
         },
         bs: config.bs,
         iodepth: config.iodepth,
+        pace: config.pace.as_str(),
+        rate: match config.pace {
+            Pace::Rate { rate, .. } => Some(rate),
+            _ => None,
+        },
+        batch: config.pace.batch(),
+        think_us: match config.pace {
+            Pace::Think { think, .. } => Some(think.as_micros() as u64),
+            _ => None,
+        },
         queues: config.queues,
         queue_size: config.queue_size,
         notify: config.notify.as_str(),
@@ -209,6 +257,9 @@ pub fn run(config: &Config) -> Result<Report> {
         bytes: 0,
         elapsed_s: 0.0,
         latency: Histogram::new(),
+        lag: Histogram::new(),
+        service: Histogram::new(),
+        late: 0,
         client_cpu_s: 0.0,
         kicks: 0,
         waits: 0,
@@ -218,6 +269,9 @@ pub fn run(config: &Config) -> Result<Report> {
     let mut elapsed = std::time::Duration::ZERO;
     for r in &results {
         latency.merge(&r.latency);
+        lag.merge(&r.lag);
+        service.merge(&r.service);
+        rep.late += r.late;
         rep.completed += r.completed;
         rep.reads += r.reads;
         rep.writes += r.writes;
@@ -233,9 +287,16 @@ pub fn run(config: &Config) -> Result<Report> {
         }
     }
     rep.latency = latency;
+    rep.lag = lag;
+    rep.service = service;
     rep.elapsed_s = elapsed.as_secs_f64();
     rep.server = match (idle, before, after) {
         (Some(i), Some(b), Some(a)) => Some(ServerReport {
+            cpu_from: probe.cpu_from(),
+            wakeups: match (b.wakeups, a.wakeups) {
+                (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+                _ => None,
+            },
             pids: b.pids,
             cpu_s: (a.cpu_s - b.cpu_s).max(0.0),
             rss_anon_idle_kib: i.rss,

@@ -1,0 +1,232 @@
+//! virtio-net transmit (guest to tap) through the core's real handler and worker threads, with
+//! a SOCK_SEQPACKET socket standing in for the tap: frames arrive byte-exact whatever the chain
+//! shape; malformed chains are dropped and counted and the queue goes on; a full tap makes the
+//! queue wait (without spinning) and loses nothing, across a sleep too.
+
+mod common;
+
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::net::*;
+use common::{Buf, Frontend};
+use vu_devices::net::{NetConfig, NetDevice};
+
+const QSIZE: u16 = 256;
+const TX: usize = 1;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One device at a time: tests that check a worker thread's CPU time find it by name.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Setup {
+    _serial: MutexGuard<'static, ()>,
+    fe: Frontend,
+    dev: Arc<NetDevice>,
+    peer: File,
+}
+
+fn setup() -> Setup {
+    setup_with(false)
+}
+
+/// `small`: a tap that a few frames fill.
+fn setup_with(small: bool) -> Setup {
+    let serial = serial();
+    let (dev_end, peer) = frame_pair();
+    if small {
+        small_sndbuf(&dev_end, 4096);
+    }
+    let dev = NetDevice::new(NetConfig {
+        taps: vec![dev_end],
+        queue_pairs: 1,
+        queue_size: QSIZE,
+        mtu: None,
+        mac: None,
+    })
+    .expect("device");
+    let fe = Frontend::new(dev.clone(), 2, QSIZE);
+    Setup {
+        _serial: serial,
+        fe,
+        dev,
+        peer,
+    }
+}
+
+fn send(s: &mut Setup, bufs: &[Buf]) {
+    let sub = s.fe.submit(TX, bufs);
+    s.fe.kick(TX);
+    let used = s.fe.wait(TX, 1);
+    assert_eq!(
+        used,
+        vec![(u32::from(sub.head), 0)],
+        "completed with length 0"
+    );
+}
+
+fn recv(s: &mut Setup) -> Vec<u8> {
+    recv_timeout(&mut s.peer, WAIT).expect("a frame on the tap")
+}
+
+#[test]
+fn frames_reach_the_tap_byte_exact_whatever_the_chain_shape() {
+    let mut s = setup();
+    let h = plain_hdr();
+    let f = frame(60, 1);
+    let whole = [h.clone(), f.clone()].concat();
+    // Header and frame in one buffer.
+    send(&mut s, &[Buf::Out(whole.clone())]);
+    assert_eq!(recv(&mut s), whole);
+    // Header alone, then the frame in pieces, some misaligned.
+    let f = frame(1514, 2);
+    send(
+        &mut s,
+        &[
+            Buf::Out(h.clone()),
+            Buf::OutAt(f[..7].to_vec(), 3),
+            Buf::Out(f[7..600].to_vec()),
+            Buf::OutAt(f[600..].to_vec(), 1),
+        ],
+    );
+    assert_eq!(recv(&mut s), [h.clone(), f].concat());
+    // The header split across buffers.
+    let f = frame(100, 3);
+    send(
+        &mut s,
+        &[
+            Buf::Out(h[..5].to_vec()),
+            Buf::Out([&h[5..], &f[..]].concat()),
+        ],
+    );
+    assert_eq!(recv(&mut s), [h.clone(), f].concat());
+    // A writable buffer after the frame is ignored.
+    let f = frame(64, 4);
+    send(&mut s, &[Buf::Out([&h[..], &f[..]].concat()), Buf::In(64)]);
+    assert_eq!(recv(&mut s), [h.clone(), f].concat());
+    // A 64 KiB TSO frame (the largest TCP/IPv4 segment), its header in front.
+    let big = tcp4_frame(MAX_TCP4_PAYLOAD, 5);
+    let th = hdr(F_NEEDS_CSUM, GSO_TCPV4, 54, 1448, (34, 16));
+    let pieces: Vec<Buf> = std::iter::once(Buf::Out(th.clone()))
+        .chain(big.chunks(4096).map(|c| Buf::Out(c.to_vec())))
+        .collect();
+    send(&mut s, &pieces);
+    assert_eq!(recv(&mut s), [th, big].concat());
+    // The largest frame the device takes: 64 KiB plus an Ethernet header.
+    let largest = [plain_hdr(), frame(65550, 6)].concat();
+    send(&mut s, &[Buf::Out(largest.clone())]);
+    assert_eq!(recv(&mut s), largest);
+    let st = s.dev.stats();
+    assert_eq!(st.tx_packets, 6);
+    assert_eq!(st.tx_bytes, 60 + 1514 + 100 + 64 + 65549 + 65550);
+    assert_eq!(st.tx_dropped_malformed, 0);
+}
+
+#[test]
+fn malformed_chains_are_dropped_and_counted_and_the_queue_goes_on() {
+    let mut s = setup();
+    let h = plain_hdr();
+    // A header under 12 bytes.
+    send(&mut s, &[Buf::Out(vec![0; 8])]);
+    // Only writable buffers.
+    send(&mut s, &[Buf::In(1500)]);
+    // A frame over 64 KiB plus the Ethernet header.
+    send(&mut s, &[Buf::Out(h.clone()), Buf::Out(frame(65551, 6))]);
+    assert_eq!(s.dev.stats().tx_dropped_malformed, 3);
+    // A buffer outside guest memory: the core refuses the chain before the device sees it.
+    let head = s.fe.submit_descs(TX, &[(1 << 40, 1500, false)]);
+    s.fe.kick(TX);
+    assert_eq!(s.fe.wait(TX, 1), vec![(u32::from(head), 0)]);
+    assert_eq!(s.fe.handler.status().queues[TX].chain_errors, 1);
+    // Nothing reached the tap; the next good frame does.
+    let f = frame(200, 7);
+    send(&mut s, &[Buf::Out([&h[..], &f[..]].concat())]);
+    assert_eq!(recv(&mut s), [h, f].concat());
+    assert_eq!(s.dev.stats().tx_packets, 1);
+}
+
+/// Submits `n` frames at once and kicks; returns them as the tap should see them.
+fn burst(s: &mut Setup, n: usize, len: usize) -> Vec<Vec<u8>> {
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| [plain_hdr(), frame(len, i as u8)].concat())
+        .collect();
+    let chains: Vec<Vec<Buf>> = frames.iter().map(|f| vec![Buf::Out(f.clone())]).collect();
+    s.fe.submit_batch(TX, &chains);
+    s.fe.kick(TX);
+    frames
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_full_tap_makes_the_queue_wait_without_spinning_and_loses_nothing() {
+    let before = threads("net-q");
+    let mut s = setup_with(true);
+    let tx_thread = new_threads("net-q1", &before, 1);
+    // Nobody reads the tap: it fills after a few frames (the socket's queue limit).
+    let frames = burst(&mut s, 64, 1000);
+    wait_for("the tap to fill", || s.dev.stats().tx_tap_full > 0);
+    assert_idle(&tx_thread, "waiting for room in the tap");
+    let sent = s.dev.stats().tx_packets;
+    assert!(sent < 64, "the tap took {sent} frames");
+    // Reading the tap makes room; every frame arrives once, in order.
+    for f in &frames {
+        assert_eq!(&recv(&mut s), f);
+    }
+    let used = s.fe.wait(TX, 64);
+    assert!(used.iter().all(|(_, len)| *len == 0));
+    assert!(recv_timeout(&mut s.peer, Duration::from_millis(50)).is_none());
+    assert_eq!(s.dev.stats().tx_packets, 64);
+}
+
+#[test]
+fn a_frame_waiting_for_room_goes_back_to_the_ring_across_a_sleep() {
+    let mut s = setup_with(true);
+    let frames = burst(&mut s, 32, 500);
+    wait_for("the tap to fill", || s.dev.stats().tx_tap_full > 0);
+    s.fe.handler.sleep().expect("sleep");
+    // Asleep: the frames the tap took can be read; nothing else is written.
+    let mut got = Vec::new();
+    while let Some(f) = recv_timeout(&mut s.peer, Duration::from_millis(100)) {
+        got.push(f);
+    }
+    let taken = got.len();
+    assert!(taken < 32);
+    assert_eq!(
+        s.fe.pending_used(TX) as usize,
+        taken,
+        "only sent frames are used"
+    );
+    s.fe.handler.wake().expect("wake");
+    while got.len() < 32 {
+        got.push(recv(&mut s));
+    }
+    assert_eq!(got, frames, "each frame once, in order");
+    s.fe.wait(TX, 32);
+    assert!(recv_timeout(&mut s.peer, Duration::from_millis(50)).is_none());
+}
+
+#[test]
+fn frames_the_tap_refuses_are_dropped_and_counted() {
+    let mut s = setup();
+    // The tap end stops receiving: every write fails (EPIPE).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s.peer);
+    // SAFETY: shutdown only changes the state of a socket we own.
+    assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RD) }, 0);
+    let frames = burst(&mut s, 5, 100);
+    let used = s.fe.wait(TX, frames.len());
+    assert!(used.iter().all(|(_, len)| *len == 0));
+    let st = s.dev.stats();
+    assert_eq!((st.tx_dropped_write_error, st.tx_packets), (5, 0));
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}

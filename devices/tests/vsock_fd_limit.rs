@@ -1,0 +1,111 @@
+//! Out of descriptors: host programs waiting on the listener while the device cannot accept
+//! them (EMFILE) do not make it spin, and are served once descriptors are free again. One
+//! test per binary: it lowers the process's descriptor limit.
+
+mod common;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use common::vsock::Guest;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use vu_devices::vsock::packet::op;
+use vu_devices::vsock::{VsockConfig, VsockDevice};
+
+/// The RX queue thread's stat file, opened ahead (reading it later needs no descriptor). The
+/// worker names itself once it runs: wait for it.
+fn rx_thread_stat() -> std::fs::File {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for t in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "vsock-q0" {
+                return std::fs::File::open(t.path().join("stat")).expect("stat");
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no vsock-q0 thread after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// CPU ticks (user + system) the thread used so far.
+fn ticks(stat: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 1024];
+    let n = stat.read_at(&mut buf, 0).expect("read stat");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let rest = text.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64
+}
+
+#[test]
+fn running_out_of_descriptors_does_not_spin_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v.sock");
+    let mut cfg = VsockConfig::new(3);
+    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
+    let dev = VsockDevice::new(cfg).expect("device");
+    let mut g = Guest::new(dev, 2);
+    let clients: Vec<OwnedFd> = (0..8)
+        .map(|_| {
+            socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket")
+        })
+        .collect();
+    let stat = rx_thread_stat();
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    // No descriptor to spare (read_dir's own is counted, and closed again).
+    let limit = open_fds() - 1;
+    setrlimit(Resource::RLIMIT_NOFILE, limit, hard).expect("setrlimit");
+    let addr = UnixAddr::new(&path).expect("addr");
+    for c in &clients {
+        connect(c.as_raw_fd(), &addr).expect("connect");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ticks(&stat);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks(&stat) - before;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("restore limit");
+    assert!(
+        used <= 10,
+        "the RX thread used {used} ticks in a second while it could not accept"
+    );
+
+    // Descriptors again: the waiting programs are accepted and heard.
+    for (i, c) in clients.iter().enumerate() {
+        let line = format!("CONNECT {}\n", 100 + i);
+        nix::unistd::write(c, line.as_bytes()).expect("write");
+    }
+    let mut ports: Vec<u32> = (0..clients.len())
+        .map(|_| {
+            let p = g.recv();
+            assert_eq!(p.h.op, op::REQUEST);
+            p.h.dst_port
+        })
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (100..108).collect::<Vec<u32>>());
+}

@@ -1,0 +1,78 @@
+//! Keeps `vu-bench net` working: its library code against our net device (the launcher,
+//! jailed) on a tap that sends every frame back, in a network namespace the test creates;
+//! every frame kind, saturated and paced, for a fraction of a second. Checks counts and
+//! contents, never timing.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use vu_tests::bench::net::frames::FrameKind;
+use vu_tests::bench::net::{run_net, NetBenchConfig};
+use vu_tests::launcher::Launcher;
+use vu_tests::netns::TestNetns;
+
+#[test]
+fn frames_go_through_our_device_and_come_back() -> Result<()> {
+    let ns = TestNetns::new("benchnet")?;
+    ns.add_tap("vubt0", true, None)?;
+    ns.reflect("vubt0")?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("net.sock");
+    let args: Vec<String> = [
+        "start",
+        "net",
+        "--socket",
+        &socket.display().to_string(),
+        "--tap",
+        "vubt0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let launcher = ns.run(|| Launcher::spawn(&args, &socket))?;
+    for (frame, window, rate) in [
+        (FrameKind::Small, 64, None),
+        (FrameKind::Mtu, 256, None),
+        (FrameKind::Small, 16, Some(2000)),
+        (FrameKind::Tso, 4, None),
+    ] {
+        let cfg = NetBenchConfig {
+            socket: socket.clone(),
+            frame,
+            window,
+            rate,
+            runtime: Duration::from_millis(300),
+            warmup: Duration::from_millis(100),
+            check: true,
+            server_pids: vec![launcher.pid()],
+            stall_timeout: Duration::from_secs(30),
+            ..NetBenchConfig::default()
+        };
+        let r = run_net(&cfg)?;
+        let t = r.table();
+        eprintln!("{t}");
+        let res = &r.res;
+        ensure!(
+            res.rx_frames > 0 && res.matched > 0,
+            "nothing came back:\n{t}"
+        );
+        ensure!(res.mismatched == 0, "frames came back changed:\n{t}");
+        ensure!(res.tx_frames >= res.rx_frames, "more back than sent:\n{t}");
+        if frame == FrameKind::Tso {
+            // The kernel hands the TSO frames back whole (GUEST_TSO4: the tap's offloads).
+            ensure!(
+                res.rx_bytes / res.rx_frames >= 65000,
+                "TSO frames came back segmented:\n{t}"
+            );
+        }
+        ensure!(r.server_cpu_s.is_some(), "no server CPU figure:\n{t}");
+        let j = r.json();
+        ensure!(
+            j.starts_with('{') && j.contains("\"device\":\"net\""),
+            "{j}"
+        );
+    }
+    let st = launcher.terminate()?;
+    ensure!(st.success(), "launcher exited with {st}");
+    Ok(())
+}
