@@ -148,6 +148,51 @@ fn a_guest_that_grants_no_credit_stalls_the_host_writer() {
     assert!(got == data);
 }
 
+/// A Linux guest answers every CREDIT_REQUEST with a CREDIT_UPDATE at once, also when its
+/// reader has consumed nothing. That answer grants nothing, so the device must not ask again:
+/// otherwise the two ping-pong requests and answers for as long as the guest's reader sleeps.
+#[test]
+fn an_answer_that_grants_nothing_is_not_asked_again() {
+    let (mut g, mut host, mut st, _dir) = setup(64 * 1024);
+    st.buf_alloc = 8192;
+    let h = st.header(&g, op::CREDIT_UPDATE);
+    g.send1(h, &[]);
+    let data = pattern(64 * 1024, 6);
+    host_write(&mut host, &data);
+    let mut got = Vec::new();
+    let mut credit_requests = 0;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let me = st.clone();
+        let Some(p) = g.recv_where(Duration::from_millis(100), |p| me.owns(p)) else {
+            continue;
+        };
+        match p.h.op {
+            op::RW => got.extend_from_slice(&p.data),
+            op::CREDIT_REQUEST => {
+                credit_requests += 1;
+                // Answered as Linux does, with nothing consumed.
+                let h = st.header(&g, op::CREDIT_UPDATE);
+                g.send1(h, &[]);
+            }
+            o => panic!("op {o}"),
+        }
+    }
+    assert_eq!(got.len(), 8192, "no more than the credit");
+    assert_eq!(
+        credit_requests, 1,
+        "one credit request while nothing changes"
+    );
+    // Space freed later, told by the guest on its own: the rest flows.
+    st.fwd_cnt = 8192;
+    st.buf_alloc = 64 * 1024;
+    let h = st.header(&g, op::CREDIT_UPDATE);
+    g.send1(h, &[]);
+    let rest = st.read_exact(&mut g, data.len() - 8192, |p| panic!("{:?}", p.h));
+    got.extend_from_slice(&rest);
+    assert!(got == data);
+}
+
 #[test]
 fn credit_requests_are_answered() {
     let (mut g, _host, mut st, _dir) = setup(64 * 1024);

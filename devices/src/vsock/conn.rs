@@ -134,7 +134,8 @@ pub(crate) struct ConnState {
     pub guest_shut: u32,
     /// We shut the host stream's write side.
     pub host_shut_wr: bool,
-    /// A CREDIT_REQUEST went out since the guest last told us its credit.
+    /// A CREDIT_REQUEST went out and the guest has granted no credit since (its answers
+    /// that grant nothing do not count: we wait for it to free space, not ask again).
     pub credit_requested: bool,
     /// The host stream is watched for room to write (guest data waits in `txbuf`).
     pub watching_out: bool,

@@ -233,7 +233,13 @@ impl TxHandler {
     /// A guest packet for an existing connection.
     fn apply(&mut self, conn: &Conn, st: &mut ConnState, h: &Header, chain: &Chain) {
         st.credit.update_from_peer(h.buf_alloc, h.fwd_cnt);
-        st.credit_requested = false;
+        // A request stays answered until the guest grants something: a Linux guest answers
+        // each CREDIT_REQUEST at once, also with nothing consumed, and asking again on such
+        // an answer would ping-pong for as long as its reader sleeps. It tells us on its own
+        // once its reader has freed space.
+        if st.credit.peer_free() > 0 {
+            st.credit_requested = false;
+        }
         match h.op {
             op::RESPONSE if st.phase == Phase::HostInit => self.accepted(conn, st),
             op::RST => {
