@@ -220,6 +220,23 @@ pub fn guest_spawn(g: &Guest, script: &str, log: &str) -> Result<()> {
     Ok(())
 }
 
+/// The guest shell command of an echo service on vsock port `port` (`listen_opts` are added to
+/// socat's VSOCK-LISTEN options, e.g. `backlog=512`): socat sends each connection's bytes
+/// through a pipe back to it. `-b 4096`: socat then reads at most a page at a time and writes it
+/// into the pipe only when poll says the pipe has room for it, so that write never blocks. With
+/// socat's default 8 KiB blocks it can: while the stream's send side waits for credit, socat
+/// keeps filling the pipe, and a write of 8 KiB into a pipe with room for less blocks for good,
+/// since socat itself is the pipe's only reader (seen as socat processes stuck in `pipe_write`
+/// and a stalled stream in the vsock soak).
+pub fn echo_service(port: u32, listen_opts: &str) -> String {
+    let opts = if listen_opts.is_empty() {
+        String::new()
+    } else {
+        format!(",{listen_opts}")
+    };
+    format!("socat -b 4096 VSOCK-LISTEN:{port},fork{opts} PIPE")
+}
+
 /// Waits (polling in the guest) until file `path` exists and is not empty; returns it.
 pub fn guest_wait_file(g: &Guest, path: &str, timeout: Duration) -> Result<String> {
     let secs = timeout.as_secs().max(1);

@@ -21,8 +21,8 @@ use vu_tests::guest::Guest;
 use vu_tests::launcher::Launcher;
 use vu_tests::supervisor::{sigkill, Ctl};
 use vu_tests::vsock::{
-    boot_guest, boot_pluggable, connect_guest, first_word, guest_spawn, guest_wait_file, pattern,
-    read_all, replug, sha256_hex, VsockRig, CMD,
+    boot_guest, boot_pluggable, connect_guest, echo_service, first_word, guest_spawn,
+    guest_wait_file, pattern, read_all, replug, sha256_hex, VsockRig, CMD,
 };
 
 #[test]
@@ -92,11 +92,7 @@ fn echo(rig: &VsockRig, n: usize) -> Result<()> {
 fn host_traffic(rig: &VsockRig, g: &Guest) -> Result<()> {
     let out = rig.listen(BULK_OUT)?;
     let many = rig.listen(MANY)?;
-    guest_spawn(
-        g,
-        &format!("socat VSOCK-LISTEN:{ECHO},fork,backlog=128 PIPE"),
-        "/tmp/e.log",
-    )?;
+    guest_spawn(g, &echo_service(ECHO, "backlog=128"), "/tmp/e.log")?;
     echo(rig, 50)?;
 
     // 8 MiB each way at once; both sides half-close.
@@ -222,7 +218,7 @@ fn siblings() -> Result<()> {
             sent == first_word(&guest_wait_file(&g4, "/tmp/in.sum", CMD)?)?,
             "3 to 4"
         );
-        guest_spawn(&g3, "socat VSOCK-LISTEN:7001,fork PIPE", "/tmp/echo.log")?;
+        guest_spawn(&g3, &echo_service(7001, ""), "/tmp/echo.log")?;
         let out = g4.run_ok(
             "i=0; until echo hi4 | socat -t 30 - VSOCK-CONNECT:3:7001 > /tmp/ans 2>/dev/null && [ -s /tmp/ans ]; \
              do [ $i -gt 100 ] && exit 1; sleep 0.3; i=$((i+1)); done; cat /tmp/ans",

@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use vu_tests::vsock::{guest_spawn, guest_wait_file, VsockRig, CMD};
+use vu_tests::vsock::{echo_service, guest_spawn, guest_wait_file, VsockRig, CMD};
 
 const N: usize = 200;
 const ECHO: u32 = 5100;
@@ -60,11 +60,7 @@ fn two_hundred_concurrent_connections_each_way() -> Result<()> {
     let guest = rig.boot()?;
     let r = (|| -> Result<()> {
         // Host to guest: 200 streams to an echo server (one socat child per connection).
-        guest_spawn(
-            &guest,
-            &format!("socat VSOCK-LISTEN:{ECHO},fork,backlog=512 PIPE"),
-            "/tmp/echo.log",
-        )?;
+        guest_spawn(&guest, &echo_service(ECHO, "backlog=512"), "/tmp/echo.log")?;
         let mut streams: Vec<UnixStream> = Vec::with_capacity(N);
         for _ in 0..N {
             streams.push(rig.connect(ECHO)?.0);

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use vu_tests::guest::Guest;
 use vu_tests::supervisor::sigkill;
-use vu_tests::vsock::{boot_pluggable, guest_spawn, guest_wait_file, replug, VsockRig, CMD};
+use vu_tests::vsock::{
+    boot_pluggable, echo_service, guest_spawn, guest_wait_file, replug, VsockRig, CMD,
+};
 
 const ECHO: u32 = 5003;
 const TICKS: u32 = 6003;
@@ -48,11 +50,7 @@ fn a_respawned_device_resets_old_connections_and_serves_new_ones() -> Result<()>
     let monitor = rig.dir.path().join("mon.sock");
     let guest = boot_pluggable(&rig.socket, &monitor)?;
     let r = (|| -> Result<()> {
-        guest_spawn(
-            &guest,
-            &format!("socat VSOCK-LISTEN:{ECHO},fork PIPE"),
-            "/tmp/echo.log",
-        )?;
+        guest_spawn(&guest, &echo_service(ECHO, ""), "/tmp/echo.log")?;
         echo_works(&rig)?;
         let (mut host_old, _) = rig.connect(ECHO)?;
         start_ticks(&guest, "/tmp/ticks1.done")?;

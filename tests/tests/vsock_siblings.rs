@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use vu_tests::launcher::Launcher;
 use vu_tests::supervisor::Ctl;
-use vu_tests::vsock::{boot_guest, first_word, guest_spawn, guest_wait_file, CMD};
+use vu_tests::vsock::{boot_guest, echo_service, first_word, guest_spawn, guest_wait_file, CMD};
 
 const SIZE: usize = 8 << 20;
 
@@ -75,7 +75,7 @@ fn guests_of_one_group_reach_each_other_by_cid() -> Result<()> {
         ensure!(sent == got, "guest 3 sent {sent}, guest 4 received {got}");
 
         // 4 -> 3: a request and its answer.
-        guest_spawn(&g3, "socat VSOCK-LISTEN:7001,fork PIPE", "/tmp/echo.log")?;
+        guest_spawn(&g3, &echo_service(7001, ""), "/tmp/echo.log")?;
         let out = g4.run_ok(
             "i=0; until echo hello-from-4 | socat -t 30 - VSOCK-CONNECT:3:7001 > /tmp/ans 2>/dev/null && \
              [ -s /tmp/ans ]; do [ $i -gt 100 ] && exit 1; sleep 0.3; i=$((i+1)); done; cat /tmp/ans",

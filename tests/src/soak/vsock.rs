@@ -26,8 +26,8 @@ use crate::guest::Guest;
 use crate::launcher::Launcher;
 use crate::supervisor::{Ctl, DevStatus, RECONNECT_TIMEOUT};
 use crate::vsock::{
-    boot_pluggable, connect_guest, first_word, guest_spawn, listen_port, read_all, replug,
-    sha256_hex, CMD, CONNECT_TIMEOUT,
+    boot_pluggable, connect_guest, echo_service, first_word, guest_spawn, listen_port, read_all,
+    replug, sha256_hex, CMD, CONNECT_TIMEOUT,
 };
 
 /// The device's name under the supervisor.
@@ -236,6 +236,17 @@ fn verify_upload(g: &Guest, l: &UnixListener, sum: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where each of the guest's socat processes waits (kernel wait channel and state), in one
+/// line: a diagnostic for a stream that stalled.
+fn echo_service_state(g: &Guest) -> String {
+    let script = "for p in $(pidof socat); do \
+        printf '%s:%s:%s ' $p $(cat /proc/$p/wchan) $(cut -d' ' -f3 /proc/$p/stat); done";
+    match g.run(script, CMD) {
+        Ok(o) => o.stdout.trim().to_string(),
+        Err(e) => format!("(not read: {e:#})"),
+    }
+}
+
 /// Runs the kill loop; fills `out`.
 pub fn run(plan: &Plan, out: &mut Outcome) -> Result<()> {
     let rig = Rig::start()?;
@@ -283,11 +294,7 @@ fn kills(
 ) -> Result<()> {
     let started = Instant::now();
     let mut pauses = Pauses::new(plan.seed);
-    guest_spawn(
-        g,
-        &format!("socat VSOCK-LISTEN:{ECHO},fork PIPE"),
-        "/tmp/echo.log",
-    )?;
+    guest_spawn(g, &echo_service(ECHO, ""), "/tmp/echo.log")?;
     let sum = g.run_ok(
         &format!("head -c {VERIFY} /dev/urandom > /tmp/up && sha256sum /tmp/up"),
         CMD,
@@ -298,10 +305,13 @@ fn kills(
         let load = start_load(&rig.uds, 2 * k as u64)?;
         if let Err(e) = load.wait_echoed(LOADED) {
             // A stream that fails before its kill is a guest-visible failure of the device
-            // that serves it: counted, and the loop goes on (three in a row end it).
+            // that serves it: counted, and the loop goes on (three in a row end it). What the
+            // echo service's processes wait for in the guest tells a stall of the device from
+            // one of the service.
+            let echo_state = echo_service_state(g);
             let _ = load.finish();
             out.guest_error(format!(
-                "stream before kill {} (seed {}): {e:#}",
+                "stream before kill {} (seed {}): {e:#}; the guest's socat processes: {echo_state}",
                 k + 1,
                 plan.seed
             ));
