@@ -6,11 +6,10 @@
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 
 use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
 use vu_devices::vsock::broker::{Reply, Request, MSG_LEN};
-
-use crate::vsock_guest::payload_bytes;
 
 /// The next connection request from the device, if one waits: (request id, port).
 pub fn broker_request(parent: BorrowedFd<'_>) -> Result<Option<(u64, u32)>, String> {
@@ -44,13 +43,26 @@ pub fn broker_reply(parent: BorrowedFd<'_>, reply: Reply, fd: Option<BorrowedFd<
 }
 
 /// The `n` bytes (at most 64 KiB) host program `stream` writes from position `from` of its
-/// stream: a window of the pseudo-random `payload_bytes()` that depends on both, so that
-/// bytes delivered out of order, twice, or from another stream differ from what was
-/// written. (A slice, not a byte-by-byte generator: host programs write up to 32 KiB per
-/// step, and every iteration of a loop here would be instrumented.)
+/// stream: a window of a pseudo-random pattern that depends on both, so that bytes
+/// delivered out of order, twice, or from another stream differ from what was written. The
+/// pattern is not the one the guest's payloads come from (`payload_bytes`), so that guest
+/// bytes sent back to the guest cannot pass for a host program's. (A slice, not a
+/// byte-by-byte generator: host programs write up to 32 KiB per step, and every iteration
+/// of a loop here would be instrumented.)
 pub fn host_bytes(stream: usize, from: usize, n: usize) -> &'static [u8] {
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    let pattern = P.get_or_init(|| {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..(192 << 10))
+            .map(|_| {
+                x ^= x << 7;
+                x ^= x >> 9;
+                (x >> 24) as u8
+            })
+            .collect()
+    });
     let at = stream.wrapping_mul(4099).wrapping_add(from) % (128 << 10);
-    &payload_bytes()[at..at + n]
+    &pattern[at..at + n]
 }
 
 /// One host program's stream.
