@@ -138,6 +138,9 @@ pub enum VringError {
     Worker(#[source] std::io::Error),
 }
 
+/// A queue's per-head tables: chain slots, held flags, fetch numbers (see `QueueIo`).
+type PerHead = (Vec<Chain>, Vec<bool>, Vec<Option<u64>>);
+
 /// The runtime of one started queue, as the device sees it.
 #[derive(Debug)]
 pub struct QueueIo {
@@ -195,6 +198,58 @@ impl QueueIo {
         log: Arc<DirtyLog>,
         shared: Arc<VringShared>,
     ) -> Result<Self, VringError> {
+        Self::build(setup, mem_atomic, inflight, log, shared, |n| {
+            (
+                (0..n).map(|_| Chain::default()).collect(),
+                vec![false; n],
+                vec![None; n],
+            )
+        })
+    }
+
+    /// Puts the runtime back in the state `new` gives it for `setup` (without in-flight
+    /// tracking), keeping its memory, dirty log and shared state, and reusing its per-head
+    /// tables instead of allocating them again: for a driver that runs many independent
+    /// sessions on one queue (a test, a fuzz target), as if the queue had been stopped and
+    /// started again. Chains the device still held are released and forgotten (nothing is
+    /// completed; the handler that held them must be dropped or drained as well). On error
+    /// the queue is left as it was.
+    pub fn reset(&mut self, setup: &QueueSetup) -> Result<(), VringError> {
+        let mem_atomic = self.mem_atomic.clone();
+        let (log, shared) = (self.log.clone(), self.shared.clone());
+        let fresh = Self::build(setup, mem_atomic, None, log, shared, |n| {
+            let mut slots = std::mem::take(&mut self.slots);
+            let mut busy = std::mem::take(&mut self.busy);
+            let mut fetched = std::mem::take(&mut self.fetched);
+            // Slots not held were released when they were completed or refused.
+            if self.in_device > 0 {
+                for (slot, held) in slots.iter_mut().zip(&busy) {
+                    if *held {
+                        slot.release();
+                    }
+                }
+            }
+            slots.resize_with(n, Chain::default);
+            busy.clear();
+            busy.resize(n, false);
+            fetched.clear();
+            fetched.resize(n, None);
+            (slots, busy, fetched)
+        })?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// `new`, with the per-head tables (chain slots, held flags, fetch numbers) for a ring of
+    /// `n` heads from `tables(n)`, called once the setup is known to be valid.
+    fn build(
+        setup: &QueueSetup,
+        mem_atomic: GuestMemAtomic,
+        inflight: Option<InflightQueue>,
+        log: Arc<DirtyLog>,
+        shared: Arc<VringShared>,
+        tables: impl FnOnce(usize) -> PerHead,
+    ) -> Result<Self, VringError> {
         let idx = setup.index;
         let mut queue = Queue::new(setup.size).map_err(|_| VringError::Invalid(idx))?;
         queue.set_desc_table_address(Some(setup.desc as u32), Some((setup.desc >> 32) as u32));
@@ -233,7 +288,7 @@ impl QueueIo {
         }
         queue.set_next_avail(base);
         queue.set_next_used(guest_used);
-        let n = setup.size as usize;
+        let (slots, busy, fetched) = tables(setup.size as usize);
         let mut io = QueueIo {
             index: idx,
             queue,
@@ -243,9 +298,9 @@ impl QueueIo {
             indirect: setup.indirect,
             mem_atomic,
             mem,
-            slots: (0..n).map(|_| Chain::default()).collect(),
-            busy: vec![false; n],
-            fetched: vec![None; n],
+            slots,
+            busy,
+            fetched,
             fetch_seq: 0,
             in_device: 0,
             resubmit,

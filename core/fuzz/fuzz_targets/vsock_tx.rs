@@ -72,6 +72,8 @@ struct Rig {
     /// The listener's (abstract) address.
     listener: SocketAddr,
     buf: Vec<u8>,
+    /// The TX and RX queues between inputs (see `start_queue`).
+    queues: Option<(QueueIo, QueueIo)>,
 }
 
 fn rig() -> Rig {
@@ -110,6 +112,7 @@ fn rig() -> Rig {
         link: ours,
         listener,
         buf: vec![0; 128 << 10],
+        queues: None,
     }
 }
 
@@ -117,8 +120,9 @@ thread_local! {
     static RIG: RefCell<Rig> = RefCell::new(rig());
 }
 
-fn queue_io(rig: &Rig, index: usize, at: RingAt, input: &VsockInput) -> QueueIo {
-    let setup = QueueSetup {
+/// What a queue start is given for ring `at` of queue `index` in this input.
+fn queue_setup(index: usize, at: RingAt, input: &VsockInput) -> QueueSetup {
+    QueueSetup {
         index,
         size: at.size,
         desc: at.desc,
@@ -127,9 +131,25 @@ fn queue_io(rig: &Rig, index: usize, at: RingAt, input: &VsockInput) -> QueueIo 
         base: 0,
         event_idx: input.event_idx,
         indirect: input.indirect,
-    };
-    let shared = Arc::new(VringShared::default());
-    QueueIo::new(&setup, rig.atomic.clone(), None, rig.log.clone(), shared).expect("queue")
+    }
+}
+
+/// A queue as a start gives it for `setup` (the driver's rings are zeroed first). The
+/// queues are built once per process and put back in that state (`QueueIo::reset`, which
+/// vu-core's tests hold to a fresh `QueueIo::new`) for every input: building and dropping
+/// two queues of 128 chain slots cost more than a small input's packets.
+fn start_queue(rig: &Rig, slot: Option<QueueIo>, setup: &QueueSetup) -> QueueIo {
+    match slot {
+        Some(mut q) => {
+            q.reset(setup).expect("queue reset");
+            q
+        }
+        None => {
+            let shared = Arc::new(VringShared::default());
+            QueueIo::new(setup, rig.atomic.clone(), None, rig.log.clone(), shared)
+                .expect("queue")
+        }
+    }
 }
 
 /// A program that connected through the listener.
@@ -205,8 +225,9 @@ impl<'a> Run<'a> {
         let host = HostMem::new(&rig.mem);
         let tx_ring = DriverRing::new(host, TX_RING, input.indirect);
         let rx = RxRing::new(host);
-        let txq = queue_io(rig, TX_QUEUE, TX_RING, input);
-        let rxq = queue_io(rig, RX_QUEUE, RX_RING, input);
+        let (txq, rxq) = rig.queues.take().unzip();
+        let txq = start_queue(rig, txq, &queue_setup(TX_QUEUE, TX_RING, input));
+        let rxq = start_queue(rig, rxq, &queue_setup(RX_QUEUE, RX_RING, input));
         // (An earlier input left nothing on the link or the broker: its end read them.)
         Run {
             tx: dev.start_queue(TX_QUEUE).expect("tx handler"),
@@ -346,14 +367,15 @@ impl<'a> Run<'a> {
         if let Some((r, certain)) = expected_reply(class, &h, self.maybe_conn.contains(&key)) {
             self.replies.expect(r, certain);
         }
+        // (Looked up only for the classes that carry it: `h.len` fits the chain then.)
         let payload = || {
             let off = payload_offset(seq);
-            payload_bytes()[off..off + h.len as usize].to_vec()
+            &payload_bytes()[off..off + h.len as usize]
         };
         match class {
             Class::Sibling => {
                 let mut msg = head.to_vec();
-                msg.extend_from_slice(&payload());
+                msg.extend_from_slice(payload());
                 self.link_expect.push_back(msg);
             }
             Class::Host => self.host_packet(&h, key, payload)?,
@@ -364,7 +386,7 @@ impl<'a> Run<'a> {
 
     /// A well-formed stream packet for the host: what it means for the connection's
     /// bookkeeping.
-    fn host_packet(&mut self, h: &Header, key: (u32, u32), payload: impl Fn() -> Vec<u8>) -> Res {
+    fn host_packet(&mut self, h: &Header, key: (u32, u32), payload: impl Fn() -> &'static [u8]) -> Res {
         self.told.insert(key, (h.buf_alloc, h.fwd_cnt));
         match h.op {
             op::REQUEST => {
@@ -374,7 +396,7 @@ impl<'a> Run<'a> {
             op::RW => {
                 if let Some(s) = self.by_key.get(&key).map(|&i| &mut self.streams[i]) {
                     if !s.host_init || s.ok_line.is_some() {
-                        s.expect.extend_from_slice(&payload());
+                        s.expect.extend_from_slice(payload());
                     }
                 }
             }
@@ -458,5 +480,7 @@ fuzz_target!(|data: &[u8]| {
         if let Err(e) = res {
             panic!("{e}");
         }
+        let queues = (run.txq, run.rxq);
+        rig.queues = Some(queues);
     });
 });

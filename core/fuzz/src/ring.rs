@@ -160,7 +160,30 @@ impl DriverRing {
         area: &mut Area,
         descs: &[DescSpec],
         indirect: bool,
+        fill: impl FnMut(usize, &Buf),
+    ) -> Option<Placed> {
+        self.place_with(area, descs, indirect, fill, true)
+    }
+
+    /// `place`, for a `fill` that writes every byte of every readable buffer: they are not
+    /// filled with `READ_FILL` first (a packet's payload can be 64 KiB).
+    pub fn place_written(
+        &mut self,
+        area: &mut Area,
+        descs: &[DescSpec],
+        indirect: bool,
+        fill: impl FnMut(usize, &Buf),
+    ) -> Option<Placed> {
+        self.place_with(area, descs, indirect, fill, false)
+    }
+
+    fn place_with(
+        &mut self,
+        area: &mut Area,
+        descs: &[DescSpec],
+        indirect: bool,
         mut fill: impl FnMut(usize, &Buf),
+        prefill: bool,
     ) -> Option<Placed> {
         if self.placed >= self.at.size {
             return None;
@@ -169,7 +192,7 @@ impl DriverRing {
         let mut p = Placed::default();
         let mut table = Vec::with_capacity(descs.len());
         for (i, d) in descs.iter().enumerate() {
-            let Some(flags) = self.buffer(area, d, i, &mut p, &mut fill) else {
+            let Some(flags) = self.buffer(area, d, i, &mut p, &mut fill, prefill) else {
                 (*area, self.next_desc) = save;
                 return None;
             };
@@ -199,6 +222,7 @@ impl DriverRing {
         i: usize,
         p: &mut Placed,
         fill: &mut impl FnMut(usize, &Buf),
+        prefill: bool,
     ) -> Option<(u64, u32, u16)> {
         if d.kind == Kind::Outside {
             // An empty buffer names no memory: the walker lets it be anywhere.
@@ -216,7 +240,9 @@ impl DriverRing {
             self.mem.fill(addr, POISON, d.len as usize);
             p.writable += d.len;
         } else {
-            self.mem.fill(addr, READ_FILL, d.len as usize);
+            if prefill {
+                self.mem.fill(addr, READ_FILL, d.len as usize);
+            }
             fill(i, &b);
             p.readable += d.len;
         }

@@ -150,7 +150,8 @@ pub fn place_tx(
     let indirect = lay & layout::INDIRECT != 0;
     let mut area = TX_AREA;
     ring.recycle_descriptors();
-    let placed = ring.place(&mut area, &specs, indirect, fill)?;
+    // `fill` writes every byte (header, then payload).
+    let placed = ring.place_written(&mut area, &specs, indirect, fill)?;
     let refused = placed.outside || (indirect && !ring.indirect_ok());
     Some(TxPlaced {
         readable: placed.readable,

@@ -6,6 +6,7 @@
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 
 use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
 use vu_devices::vsock::broker::{Reply, Request, MSG_LEN};
@@ -41,12 +42,27 @@ pub fn broker_reply(parent: BorrowedFd<'_>, reply: Reply, fd: Option<BorrowedFd<
     assert_eq!(n, MSG_LEN, "broker answer sent whole");
 }
 
-/// Bytes host programs write: `host_bytes()[i % len]`, by position in their stream.
-pub fn host_byte(stream: usize, i: usize) -> u8 {
-    (i as u64)
-        .wrapping_mul(0x9e37_79b9)
-        .wrapping_add(stream as u64 * 77)
-        .rotate_right(7) as u8
+/// The `n` bytes (at most 64 KiB) host program `stream` writes from position `from` of its
+/// stream: a window of a pseudo-random pattern that depends on both, so that bytes
+/// delivered out of order, twice, or from another stream differ from what was written. The
+/// pattern is not the one the guest's payloads come from (`payload_bytes`), so that guest
+/// bytes sent back to the guest cannot pass for a host program's. (A slice, not a
+/// byte-by-byte generator: host programs write up to 32 KiB per step, and every iteration
+/// of a loop here would be instrumented.)
+pub fn host_bytes(stream: usize, from: usize, n: usize) -> &'static [u8] {
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    let pattern = P.get_or_init(|| {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..(192 << 10))
+            .map(|_| {
+                x ^= x << 7;
+                x ^= x >> 9;
+                (x >> 24) as u8
+            })
+            .collect()
+    });
+    let at = stream.wrapping_mul(4099).wrapping_add(from) % (128 << 10);
+    &pattern[at..at + n]
 }
 
 /// One host program's stream.
@@ -133,9 +149,8 @@ impl HostStream {
         let Some(s) = self.sock.as_mut() else {
             return 0;
         };
-        let from = self.sent.len();
-        let bytes: Vec<u8> = (from..from + n).map(|i| host_byte(index, i)).collect();
-        match s.write(&bytes) {
+        let bytes = host_bytes(index, self.sent.len(), n);
+        match s.write(bytes) {
             Ok(k) => {
                 self.sent.extend_from_slice(&bytes[..k]);
                 k

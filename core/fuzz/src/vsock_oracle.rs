@@ -120,7 +120,9 @@ fn positions() -> &'static [usize; 16] {
 /// packet waiting for a full link goes out, and is counted, with a later one).
 fn expected_moves(class: Class, h: Option<&Header>) -> Vec<Option<u64>> {
     let pos = positions();
-    let mut want = vec![Some(0u64); VsockStats::default().fields().len()];
+    static COUNTERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = *COUNTERS.get_or_init(|| VsockStats::default().fields().len());
+    let mut want = vec![Some(0u64); n];
     let mut set = |c: usize, v: Option<u64>| want[pos[c]] = v;
     set(C_SIBLING_OUT, None);
     match class {
