@@ -118,6 +118,10 @@ def main():
     w("")
     w("The protocol row is vu-core, which every kind runs: the vhost-user messages, descriptor")
     w("chains and snapshots, fuzzed and attacked with hostile front-ends and drivers.\n")
+    findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
+    if os.path.exists(findings):
+        w("## Findings (hand-written; `tests/soak/findings.md`, included by `report.py`)\n")
+        w(open(findings, encoding="utf-8").read().rstrip("\n") + "\n")
     o.extend(details)
     w(reproduce_section(m))
     print("\n".join(o))

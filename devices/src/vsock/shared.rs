@@ -45,8 +45,8 @@ pub(crate) const MAX_PENDING_CONNECTS: usize = 1024;
 /// which stay below 1 << 56).
 pub(crate) const TX_TOKEN_BROKER: u64 = u64::MAX;
 
-/// Host-side ports for host-initiated connections come from [1 << 30, 1 << 31), round
-/// robin, as Firecracker assigns them.
+/// Host-side ports for host-initiated connections come from [1 << 30, 1 << 31), as
+/// Firecracker assigns them, round robin from a random start per process.
 const HOST_PORT_FIRST: u32 = 1 << 30;
 const HOST_PORT_END: u32 = 1 << 31;
 
@@ -61,6 +61,20 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// An empty table whose host ports start at a random place in their range. A device
+    /// process that replaces a killed one then does not hand out the ports its predecessor
+    /// handed out first: the guest may still hold sockets on them (reset when the old
+    /// process went, not yet closed by their programs) and would refuse a new connection on
+    /// the same ports with an RST.
+    fn with_random_ports() -> Self {
+        use std::hash::BuildHasher;
+        let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        Table {
+            next_host_port: (r % u64::from(HOST_PORT_END - HOST_PORT_FIRST)) as u32,
+            ..Table::default()
+        }
+    }
+
     pub fn get(&self, key: &ConnKey) -> Option<&Arc<Conn>> {
         self.by_key.get(key)
     }
@@ -146,7 +160,7 @@ impl Shared {
             tx_buffer_size: p.tx_buffer_size,
             max_connections: p.max_connections,
             counters: Counters::default(),
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table::with_random_ports()),
             ready: Mutex::new(Vec::new()),
             replies: Mutex::new(VecDeque::new()),
             timed: Mutex::new(Vec::new()),
@@ -448,5 +462,18 @@ mod tests {
         t.next_host_port = HOST_PORT_END - HOST_PORT_FIRST - 1;
         assert_eq!(t.alloc_host_port(), Some(HOST_PORT_END - 1));
         assert_eq!(t.alloc_host_port(), Some(HOST_PORT_FIRST));
+    }
+
+    #[test]
+    fn each_process_starts_its_host_ports_somewhere_else() {
+        let firsts: HashSet<u32> = (0..4)
+            .map(|_| {
+                let p = Table::with_random_ports().alloc_host_port().expect("port");
+                assert!((HOST_PORT_FIRST..HOST_PORT_END).contains(&p));
+                p
+            })
+            .collect();
+        // Four draws from 2^30 ports: equal ones would mean no randomness.
+        assert_eq!(firsts.len(), 4);
     }
 }
