@@ -1,5 +1,5 @@
 //! rng under kills: the guest reads `/dev/hwrng` (served by our device through a hot-plugged
-//! `vhost-user-rng-pci` whose chardev reconnects) in rounds of 1 MiB while the device
+//! `vhost-user-rng-pci` whose chardev reconnects) in rounds of 4 MiB while the device
 //! process is killed; after each kill the supervisor starts a new one, QEMU reconnects and
 //! the guest's read must go on (its file grows again). Each round must end with every byte
 //! it asked for, and look random (gzip cannot shrink it, a chi-square test of its bytes, no
@@ -18,8 +18,11 @@ use crate::rng::{
 
 /// The device's name under the supervisor.
 pub const NAME: &str = "soak-rng0";
-/// Bytes per read round.
-const ROUND: u64 = 1 << 20;
+/// Bytes per read round: enough that a round outlasts the checks between a kill and the next
+/// (on an idle machine the guest reads 1 MiB in about a second).
+const ROUND: u64 = 4 << 20;
+/// Rounds that may end before a kill finds one going, in a row, before the loop gives up.
+const QUICK_ROUNDS: usize = 10;
 
 /// Ends round `round` and counts it: complete and random, or a guest error.
 fn end_round(g: &Guest, round: u32, out: &mut Outcome) {
@@ -68,7 +71,7 @@ pub fn run(plan: &Plan, out: &mut Outcome) -> Result<()> {
 /// Makes sure a read round is going, with its file growing (the guest's reads flow through
 /// the current process); a round that ended is checked and the next one started.
 fn loaded(g: &Guest, round: &mut u32, out: &mut Outcome) -> Result<()> {
-    for _ in 0..3 {
+    for _ in 0..QUICK_ROUNDS {
         if !reading(g, &round.to_string())? {
             end_round(g, *round, out);
             *round += 1;
@@ -80,7 +83,7 @@ fn loaded(g: &Guest, round: &mut u32, out: &mut Outcome) -> Result<()> {
             return Ok(());
         }
     }
-    bail!("three read rounds in a row ended at once")
+    bail!("{QUICK_ROUNDS} read rounds in a row ended before a kill found one going")
 }
 
 fn kills(rig: &RngRig, g: &Guest, plan: &Plan, out: &mut Outcome) -> Result<()> {
@@ -112,7 +115,7 @@ fn kills(rig: &RngRig, g: &Guest, plan: &Plan, out: &mut Outcome) -> Result<()> 
     }
     end_round(g, round, out);
     out.notes.push(format!(
-        "dd from /dev/hwrng (the kernel's virtio_rng, 64-byte requests), 1 MiB per round: {} rounds, each complete and checked random (gzip, chi-square, no repeated 4 KiB block)",
+        "dd from /dev/hwrng (the kernel's virtio_rng, 64-byte requests), 4 MiB per round: {} rounds, each complete and checked random (gzip, chi-square, no repeated 4 KiB block)",
         round + 1
     ));
     Ok(())
