@@ -358,31 +358,11 @@ impl Frontend {
     /// Writes a chain of raw descriptors (guest address, length, device-writable), any
     /// address at all, and makes it available (no kick). Returns its head.
     pub fn submit_descs(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
-        let r = &mut self.rings[q];
-        let head = r.next_desc;
-        let n = descs.len();
-        for (i, (addr, len, w)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % r.size;
-            let next = (idx + 1) % r.size;
-            let flags = if *w { F_WRITE } else { 0 } | if i + 1 < n { F_NEXT } else { 0 };
-            let mut d = [0u8; 16];
-            d[..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..].copy_from_slice(&next.to_le_bytes());
-            self.mem
-                .write_slice(&d, GuestAddress(r.desc + 16 * u64::from(idx)))
-                .expect("descriptor");
-        }
-        r.next_desc = (head + n as u16) % r.size;
-        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % r.size);
-        self.mem
-            .write_obj(head, GuestAddress(slot))
-            .expect("avail ring");
-        r.avail_idx = r.avail_idx.wrapping_add(1);
-        r.outstanding += 1;
-        self.publish(q);
-        head
+        let bufs: Vec<Buf> = descs
+            .iter()
+            .map(|&(addr, len, write)| Buf::Raw { addr, len, write })
+            .collect();
+        self.place(q, &bufs, true).head
     }
 
     /// Makes everything placed in ring `q` so far available to the device.
