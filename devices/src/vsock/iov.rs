@@ -21,8 +21,13 @@ unsafe impl Send for IoVecs {}
 impl IoVecs {
     /// Names `len` bytes of `segs` starting `skip` bytes in; returns how many it named
     /// (fewer if the segments end first).
-    pub(crate) fn set(&mut self, segs: &[Segment], mut skip: u32, len: u32) -> u32 {
+    pub(crate) fn set(&mut self, segs: &[Segment], skip: u32, len: u32) -> u32 {
         self.v.clear();
+        self.append(segs, skip, len)
+    }
+
+    /// As [`IoVecs::set`], after the iovecs already named.
+    pub(crate) fn append(&mut self, segs: &[Segment], mut skip: u32, len: u32) -> u32 {
         let mut left = len;
         for s in segs {
             if left == 0 {
@@ -41,6 +46,18 @@ impl IoVecs {
             skip = 0;
         }
         len - left
+    }
+}
+
+impl IoVecs {
+    /// How many iovecs are named.
+    pub(crate) fn len(&self) -> usize {
+        self.v.len()
+    }
+
+    /// Keeps the first `n` iovecs.
+    pub(crate) fn truncate(&mut self, n: usize) {
+        self.v.truncate(n);
     }
 }
 

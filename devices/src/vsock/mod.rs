@@ -31,6 +31,7 @@ mod shared;
 mod sibling;
 mod stats;
 mod tx;
+mod tx_run;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;

@@ -27,6 +27,7 @@ use super::packet::{
 use super::shared::{Shared, MAX_PENDING_CONNECTS, TX_TOKEN_BROKER};
 use super::sibling::{self, Link, Sent};
 use super::stats;
+use super::tx_run::Run;
 
 /// How long a connection the guest closed may take to hand its last bytes to the host.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,6 +52,8 @@ pub(crate) struct TxHandler {
     iov: IoVecs,
     /// The connection of the last packet (bulk transfers hit it again).
     last: Option<Arc<Conn>>,
+    /// Data packets of one connection gathered for one send (`tx_run.rs`).
+    run: Run,
 }
 
 enum Outcome {
@@ -65,6 +68,7 @@ impl TxHandler {
             shared,
             iov: IoVecs::default(),
             last: None,
+            run: Run::default(),
         }
     }
 
@@ -85,6 +89,30 @@ impl TxHandler {
         }
         tx.waiting = None;
         true
+    }
+
+    /// Adds packet `head` to the run of data for one stream (`tx_run.rs`) if it can be
+    /// part of one. False: the run gathered so far has been sent, and the packet takes the
+    /// ordinary path.
+    fn gather(&mut self, q: &mut QueueIo, head: u16) -> bool {
+        let chain = q.chain(head);
+        let mut raw = [0u8; HEADER_LEN];
+        let h = (chain.read_at(0, &mut raw) == HEADER_LEN)
+            .then(|| Header::decode(&raw))
+            .flatten();
+        let avail = chain.readable_len().saturating_sub(HEADER_LEN as u32);
+        let Some(h) = h.filter(|h| Run::candidate(h, avail, &self.shared)) else {
+            self.run.send(q, &self.shared);
+            return false;
+        };
+        if self.run.is_for(&h) && self.run.join(q.chain(head), head, &h) {
+            return true;
+        }
+        self.run.send(q, &self.shared);
+        let Some(conn) = self.lookup(&key_of(&h)) else {
+            return false;
+        };
+        self.run.begin(conn, q.chain(head), head, &h)
     }
 
     fn packet(&mut self, chain: &Chain) -> Outcome {
@@ -403,12 +431,16 @@ impl QueueHandler for TxHandler {
             return Progress::Busy;
         }
         while let Some(head) = q.pop() {
+            if self.gather(q, head) {
+                continue;
+            }
             let outcome = self.packet(q.chain(head));
             q.complete(head, 0);
             if let Outcome::Blocked = outcome {
                 return Progress::Busy;
             }
         }
+        self.run.send(q, &self.shared);
         Progress::Drained
     }
 }
