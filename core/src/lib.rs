@@ -21,6 +21,7 @@ mod queue_runner;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod vring;
+pub mod waker;
 pub mod worker;
 
 pub use backend_server::{bind_socket, BackendServer, ConnectionEnd};
@@ -29,3 +30,4 @@ pub use device::{DeviceError, Interest, Progress, QueueHandler, VhostUserDevice}
 pub use memory::GuestMem;
 pub use metrics::{Metric, MetricType, Unit};
 pub use vring::QueueIo;
+pub use waker::QueueWaker;

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vu_core::dirty_log::{DirtyLog, LogBitmap};
 use vu_core::vring::{QueueSetup, VringShared};
 use vu_core::worker::{Worker, WorkerGroup};
-use vu_core::{Progress, QueueHandler, QueueIo};
+use vu_core::{Progress, QueueHandler, QueueIo, QueueWaker};
 
 const SIZE: u16 = 8;
 /// Each queue's rings and buffers sit in their own 64 KiB of guest memory.
@@ -28,6 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 struct Handler {
     event: Arc<EventFd>,
     hand_to: Option<Arc<EventFd>>,
+    /// Woken instead of (or as well as) `hand_to`.
+    wake: Option<QueueWaker>,
     threads: Arc<Mutex<Vec<ThreadId>>>,
 }
 
@@ -49,6 +51,9 @@ impl QueueHandler for Handler {
         if any {
             if let Some(h) = &self.hand_to {
                 let _ = h.write(1);
+            }
+            if let Some(w) = &self.wake {
+                assert!(w.wake(), "the other queue runs on a worker");
             }
         }
         Progress::Drained
@@ -146,6 +151,19 @@ fn start(
     index: usize,
     hand_to: Option<Arc<EventFd>>,
 ) -> (Queue, Worker) {
+    let (q, w, _) = start_waking(group, mem, index, hand_to, None);
+    (q, w)
+}
+
+/// As `start`, with a waker to call after completing something; also returns this queue's
+/// own waker.
+fn start_waking(
+    group: &Arc<WorkerGroup>,
+    mem: &GuestMemoryMmap<LogBitmap>,
+    index: usize,
+    hand_to: Option<Arc<EventFd>>,
+    wake: Option<QueueWaker>,
+) -> (Queue, Worker, QueueWaker) {
     let base = AREA * index as u64;
     let shared = Arc::new(VringShared::default());
     shared.enabled.store(true, Ordering::SeqCst);
@@ -161,11 +179,14 @@ fn start(
     };
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let io = QueueIo::new(&setup, atomic, None, DirtyLog::new(), shared).expect("queue");
+    let waker = io.waker();
+    assert!(!waker.wake(), "no worker runs the queue yet");
     let event = Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
     let threads = Arc::new(Mutex::new(Vec::new()));
     let handler = Handler {
         event: event.clone(),
         hand_to,
+        wake,
         threads: threads.clone(),
     };
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
@@ -184,6 +205,7 @@ fn start(
             threads,
         },
         worker,
+        waker,
     )
 }
 
@@ -269,4 +291,32 @@ fn a_grouped_queue_sleeps_and_stops_on_its_own() {
         0,
         "the last handle ends the thread"
     );
+}
+
+#[test]
+fn a_waker_runs_its_queue_from_the_group_and_from_other_threads() {
+    let group = WorkerGroup::spawn("grp-wake".into(), 0).expect("group");
+    let mem = memory();
+    let (mut q1, w1, wake1) = start_waking(&group, &mem, 1, None, None);
+    let (mut q0, w0, _) = start_waking(&group, &mem, 0, None, Some(wake1.clone()));
+
+    // Queue 0's work wakes queue 1 through its waker (same thread: a flag only).
+    q1.driver.offer(false);
+    q0.driver.offer(true);
+    assert!(q0.driver.wait_used(1));
+    assert!(q1.driver.wait_used(1), "queue 1 ran for the wake");
+
+    // From this thread: the worker is woken through its command eventfd.
+    q1.driver.offer(false);
+    assert!(q1.driver.stays(1), "nothing runs the queue without a wake");
+    assert!(wake1.wake());
+    assert!(
+        q1.driver.wait_used(2),
+        "queue 1 ran for the other thread's wake"
+    );
+
+    // A stopped queue's waker says nobody will come.
+    assert!(w1.stop().is_some());
+    assert!(!wake1.wake());
+    assert!(w0.stop().is_some());
 }

@@ -7,6 +7,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -44,6 +45,7 @@ impl Slot {
         handler: Box<dyn QueueHandler>,
         kick: EventFd,
         epoll: &Epoll,
+        ctl: &Arc<EventFd>,
     ) -> std::io::Result<Slot> {
         let fds = handler.event_fds();
         if fds.len() > MAX_EVENT_FDS {
@@ -81,6 +83,7 @@ impl Slot {
             }
             dev.interest[i] = want;
         }
+        io.waker.attach(ctl.clone());
         Ok(Slot {
             id,
             io,
@@ -104,12 +107,26 @@ impl Slot {
     /// Quiesces the queue and takes everything of it out of the epoll set: the slot can
     /// leave the thread.
     pub fn remove(mut self, epoll: &Epoll) -> QueueIo {
+        self.io.waker.detach();
         quiesce(&mut self.io, self.handler.as_mut());
         if !self.asleep {
             self.unwatch_kick(epoll);
         }
         self.dev.suspend(epoll, true);
         self.io
+    }
+
+    /// Whether a wake through the queue's waker waits (a sleeping queue takes it after its
+    /// wake).
+    pub fn woken(&self) -> bool {
+        !self.asleep && self.io.waker.is_pending()
+    }
+
+    /// Takes a pending wake into `want_process`.
+    pub fn take_wake(&mut self) {
+        if !self.asleep && self.io.waker.take() {
+            self.want_process = true;
+        }
     }
 
     /// Applies the interest changes the handler asked for since the last call.

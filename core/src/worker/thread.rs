@@ -56,7 +56,14 @@ impl Thread {
             for s in &mut self.slots {
                 settle(s);
             }
-            let n = match self.epoll.wait(-1, &mut events) {
+            // A queue woken through its waker is processed after this look at the events,
+            // without sleeping first.
+            let timeout = if self.slots.iter().any(Slot::woken) {
+                0
+            } else {
+                -1
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
@@ -78,6 +85,7 @@ impl Thread {
             // A kick and a sleep command in one wait: the kick's work waits for the wake (a
             // sleeping device takes no request).
             for s in &mut self.slots {
+                s.take_wake();
                 if std::mem::take(&mut s.want_process) && !s.asleep {
                     process(&mut s.io, s.handler.as_mut());
                 }
@@ -139,7 +147,7 @@ impl Thread {
             match cmd {
                 Command::Add(q, reply) => {
                     let q = *q;
-                    match Slot::register(q.id, q.io, q.handler, q.kick, &self.epoll) {
+                    match Slot::register(q.id, q.io, q.handler, q.kick, &self.epoll, &self.ctl) {
                         Ok(mut s) => {
                             s.start();
                             self.slots.push(s);
