@@ -21,6 +21,7 @@ mod queue_runner;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod vring;
+mod vring_shared;
 pub mod waker;
 pub mod worker;
 
