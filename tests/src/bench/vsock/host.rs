@@ -230,8 +230,13 @@ fn source_loop(
     while !stop.load(Ordering::Acquire) {
         let mut len = CHUNK;
         if let Some(p) = pace {
+            // Whole bursts: a paced program writes what the pace lets ahead at once (the
+            // same 64 KiB a paced driver packet carries the other way), not the trickle
+            // that accrued since its last write (a few hundred bytes, which would make
+            // this a small-message load instead of the same load at a lower rate).
+            let quantum = p.burst.clamp(1, CHUNK as u64);
             let allowed = p.allowed(start.elapsed(), sent);
-            if allowed == 0 {
+            if allowed < quantum {
                 std::thread::sleep(Duration::from_micros(500));
                 continue;
             }
