@@ -211,6 +211,87 @@ fn a_large_frame_after_many_small_ones_arrives_whole() {
     assert_eq!(s.dev.stats().rx_copied, 1);
 }
 
+/// Small frames one at a time: the device comes to offer one buffer per frame, and reads
+/// several frames per submission.
+fn warm_up(s: &mut Setup, subs: &mut Vec<Submitted>) {
+    for i in 0..150u8 {
+        let f = [plain_hdr(), frame(60, i)].concat();
+        inject(s, &f);
+        let g = take(s, subs, 1);
+        assert_eq!(frame_of(s, &g), with_num_buffers(f, 1));
+    }
+}
+
+/// Frames of `lens` (Ethernet bytes; over 1500: a TSO frame), each with its header.
+fn mixed(lens: &[usize]) -> Vec<Vec<u8>> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            if len > 1500 {
+                let h = hdr(F_NEEDS_CSUM, GSO_TCPV4, 54, 1448, (34, 16));
+                [h, tcp4_frame(len, i as u8)].concat()
+            } else {
+                [plain_hdr(), frame(len, i as u8)].concat()
+            }
+        })
+        .collect()
+}
+
+/// Takes each of `frames` from the used ring, in order, over buffers of `buf` bytes.
+fn take_in_order(s: &mut Setup, subs: &mut Vec<Submitted>, frames: &[Vec<u8>], buf: usize) {
+    for f in frames {
+        let n = f.len().div_ceil(buf);
+        let g = take(s, subs, n);
+        assert_eq!(frame_of(s, &g), with_num_buffers(f.clone(), n as u16));
+    }
+}
+
+#[test]
+fn frames_read_in_batches_arrive_in_order_with_large_ones_among_them() {
+    let mut s = setup(all_features);
+    let mut subs = post(&mut s, 250, 1536);
+    warm_up(&mut s, &mut subs);
+    // Queued in the tap while the queue sleeps, then read in batches: frames that overflow
+    // their buffer in the middle of a batch, and those after them, keep their order.
+    s.fe.handler.sleep().expect("sleep");
+    let frames = mixed(&[
+        60, 60, 5000, 60, 1400, 60, 60, 60, 60, 30000, 60, 60, 1500, 4000,
+    ]);
+    for f in &frames {
+        inject(&mut s, f);
+    }
+    s.fe.handler.wake().expect("wake");
+    take_in_order(&mut s, &mut subs, &frames, 1536);
+    let st = s.dev.stats();
+    assert_eq!(st.rx_packets, 150 + frames.len() as u64);
+    assert_eq!(st.rx_dropped_too_big + st.rx_dropped_stopped, 0);
+}
+
+#[test]
+fn frames_after_one_that_waits_for_buffers_wait_too_across_a_sleep() {
+    let mut s = setup(all_features);
+    let mut subs = post(&mut s, 154, 1536);
+    warm_up(&mut s, &mut subs);
+    // Four buffers left: the large frame in the middle waits for more, and the frames read
+    // with it or after it wait behind it, also across a sleep.
+    s.fe.handler.sleep().expect("sleep");
+    let frames = mixed(&[60, 60, 9000, 60, 60, 60, 60, 60]);
+    for f in &frames {
+        inject(&mut s, f);
+    }
+    s.fe.handler.wake().expect("wake");
+    wait_for("the large frame to wait", || {
+        s.dev.stats().rx_packets >= 152 && s.dev.stats().rx_copied > 0
+    });
+    s.fe.handler.sleep().expect("sleep");
+    s.fe.handler.wake().expect("wake");
+    subs.extend(post(&mut s, 64, 1536));
+    take_in_order(&mut s, &mut subs, &frames, 1536);
+    let st = s.dev.stats();
+    assert_eq!(st.rx_packets, 150 + frames.len() as u64);
+    assert_eq!(st.rx_dropped_too_big + st.rx_dropped_stopped, 0);
+}
+
 #[test]
 fn a_frame_larger_than_the_buffers_posted_waits_for_more() {
     let mut s = setup(all_features);

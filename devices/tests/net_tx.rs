@@ -28,15 +28,21 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    setup_with(false)
+    setup_sndbuf(None)
 }
 
 /// `small`: a tap that a few frames fill.
 fn setup_with(small: bool) -> Setup {
+    setup_sndbuf(small.then_some(4096))
+}
+
+/// With the device end's SO_SNDBUF set to `sndbuf` (the kernel doubles it): a socket refuses
+/// larger frames (EMSGSIZE) and fills after a few.
+fn setup_sndbuf(sndbuf: Option<i32>) -> Setup {
     let serial = serial();
     let (dev_end, peer) = frame_pair();
-    if small {
-        small_sndbuf(&dev_end, 4096);
+    if let Some(bytes) = sndbuf {
+        small_sndbuf(&dev_end, bytes);
     }
     let dev = NetDevice::new(NetConfig {
         taps: vec![dev_end],
@@ -225,6 +231,84 @@ fn frames_the_tap_refuses_are_dropped_and_counted() {
     assert!(used.iter().all(|(_, len)| *len == 0));
     let st = s.dev.stats();
     assert_eq!((st.tx_dropped_write_error, st.tx_packets), (5, 0));
+}
+
+#[test]
+fn a_long_burst_arrives_in_order_in_batches() {
+    let mut s = setup();
+    // Several submissions' worth of frames at once, read while they are written (the
+    // socket may fill on the way: those wait their turn).
+    let frames = burst(&mut s, 200, 300);
+    for f in &frames {
+        assert_eq!(&recv(&mut s), f);
+    }
+    s.fe.wait(TX, 200);
+    assert!(recv_timeout(&mut s.peer, Duration::from_millis(50)).is_none());
+    let st = s.dev.stats();
+    assert_eq!((st.tx_packets, st.tx_dropped_write_error), (200, 0));
+}
+
+#[test]
+fn a_malformed_chain_in_the_middle_of_a_batch_is_dropped_alone() {
+    let mut s = setup();
+    let good: Vec<Vec<u8>> = (0..10)
+        .map(|i| [plain_hdr(), frame(100, i as u8)].concat())
+        .collect();
+    let mut chains: Vec<Vec<Buf>> = good.iter().map(|f| vec![Buf::Out(f.clone())]).collect();
+    // Between frames 4 and 5 of the same submission: a header under 12 bytes, and a chain
+    // with only writable buffers.
+    chains.insert(5, vec![Buf::Out(vec![0; 8])]);
+    chains.insert(6, vec![Buf::In(1500)]);
+    s.fe.submit_batch(TX, &chains);
+    s.fe.kick(TX);
+    let used = s.fe.wait(TX, 12);
+    assert!(used.iter().all(|(_, len)| *len == 0));
+    for f in &good {
+        assert_eq!(&recv(&mut s), f);
+    }
+    assert!(recv_timeout(&mut s.peer, Duration::from_millis(50)).is_none());
+    let st = s.dev.stats();
+    assert_eq!((st.tx_packets, st.tx_dropped_malformed), (10, 2));
+}
+
+#[test]
+fn a_full_tap_in_the_middle_of_a_batch_keeps_the_rest_in_order() {
+    let mut s = setup_with(true);
+    // The first submission's frames fill the tap part way through: those after the first
+    // that met the full tap wait, in order, and follow once it has room.
+    let frames = burst(&mut s, 40, 1500);
+    wait_for("the tap to fill", || s.dev.stats().tx_tap_full > 0);
+    let sent = s.dev.stats().tx_packets;
+    assert!(sent > 0 && sent < 40, "the tap took {sent} frames");
+    assert_eq!(s.fe.pending_used(TX) as usize, sent as usize);
+    for f in &frames {
+        assert_eq!(&recv(&mut s), f);
+    }
+    s.fe.wait(TX, 40);
+    assert!(recv_timeout(&mut s.peer, Duration::from_millis(50)).is_none());
+    let st = s.dev.stats();
+    assert_eq!((st.tx_packets, st.tx_dropped_write_error), (40, 0));
+}
+
+#[test]
+fn a_refused_frame_in_the_middle_of_a_batch_is_dropped_alone() {
+    let mut s = setup_sndbuf(Some(16384));
+    let h = plain_hdr();
+    // A frame the socket refuses (EMSGSIZE: over the largest message its send buffer takes)
+    // between good ones of the same submission.
+    let good: Vec<Vec<u8>> = (0..6)
+        .map(|i| [h.clone(), frame(100, i as u8)].concat())
+        .collect();
+    let mut chains: Vec<Vec<Buf>> = good.iter().map(|f| vec![Buf::Out(f.clone())]).collect();
+    chains.insert(3, vec![Buf::Out(h.clone()), Buf::Out(frame(60000, 9))]);
+    s.fe.submit_batch(TX, &chains);
+    s.fe.kick(TX);
+    s.fe.wait(TX, 7);
+    for f in &good {
+        assert_eq!(&recv(&mut s), f);
+    }
+    let st = s.dev.stats();
+    assert_eq!((st.tx_packets, st.tx_dropped_write_error), (6, 1));
 }
 
 fn serial() -> MutexGuard<'static, ()> {

@@ -182,7 +182,7 @@ impl IoVecs {
         self.0.len()
     }
 
-    fn as_ptr(&self) -> *const libc::iovec {
+    pub(crate) fn as_ptr(&self) -> *const libc::iovec {
         self.0.as_ptr()
     }
 }

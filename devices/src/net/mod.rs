@@ -16,6 +16,7 @@ mod stats;
 pub mod tap;
 mod tun;
 mod tx;
+mod uring;
 
 use std::fs::File;
 use std::os::fd::AsFd;

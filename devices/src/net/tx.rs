@@ -1,8 +1,17 @@
-//! The transmit queue of a pair: frames from the driver's chains to the tap, one writev each,
-//! straight from guest memory. A full tap (EAGAIN) keeps the frame and waits for the tap to be
-//! writable; a frame the tap refuses, or a malformed chain, is dropped and counted, and the
-//! queue goes on.
+//! The transmit queue of a pair: frames from the driver's chains to the tap, straight from
+//! guest memory, in batches: up to `BATCH` frames' writevs go to the tap in one io_uring
+//! submission (`uring.rs`), or one writev system call each where there is no ring. A full
+//! tap (EAGAIN) keeps the frame, and those after it that met the full tap too, in order, and
+//! the queue waits for the tap to be writable; a frame the tap refuses, or a malformed chain,
+//! is dropped and counted, and the queue goes on.
+//!
+//! Order on the wire: the writes of a batch run one after the other, in ring order. Only a
+//! tap whose send buffer is limited (TUNSETSNDBUF; unlimited by default) or a socket standing
+//! in for one ever answers EAGAIN; if room appears between two writes of a batch, a frame
+//! after one that met the full tap can go first. To keep that window to one batch, frames go
+//! one at a time after a full tap until a batch's worth has gone through.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -11,28 +20,35 @@ use vu_core::{warn_ratelimited, Interest, Progress, QueueHandler, QueueIo};
 use super::backend::{IoVecs, TapFd, MAX_IOVS};
 use super::config::MAX_FRAME;
 use super::stats::Counters;
+use super::uring::{Dir, TapRing, NOT_TRIED};
 
 /// Frames per `process` call: then the worker looks at its commands, woken again at once by
 /// the (writable) tap.
 const BUDGET: usize = 256;
 
-enum Sent {
-    /// Written, or dropped (counted).
-    Done,
-    /// The tap is full: try again when it is writable.
-    Full,
-}
+/// Most frames per submission.
+pub(crate) const BATCH: usize = 32;
 
 /// The transmit handler of one queue pair.
 pub(crate) struct TxHandler {
     tap: Arc<TapFd>,
     counters: Arc<Counters>,
     hdr_len: usize,
-    /// A frame the tap had no room for.
-    pending: Option<u16>,
+    /// Frames taken from the ring and not written yet, in ring order: the first met a full
+    /// tap.
+    waiting: VecDeque<u16>,
     /// The tap is registered with the worker (writable).
     watching: bool,
-    iov: IoVecs,
+    /// None: one writev per frame (no io_uring, or it failed).
+    ring: Option<TapRing>,
+    /// The ring was set up (or tried): once, on the first frames.
+    ring_tried: bool,
+    /// The frames of the batch at hand, and their iovec lists and results.
+    batch: Vec<u16>,
+    iovs: Vec<IoVecs>,
+    results: Vec<i32>,
+    /// Frames to send one at a time before batching again (after a full tap).
+    single: usize,
 }
 
 impl TxHandler {
@@ -41,9 +57,14 @@ impl TxHandler {
             tap,
             counters,
             hdr_len,
-            pending: None,
+            waiting: VecDeque::new(),
             watching: false,
-            iov: IoVecs::default(),
+            ring: None,
+            ring_tried: false,
+            batch: Vec::with_capacity(BATCH),
+            iovs: (0..BATCH).map(|_| IoVecs::default()).collect(),
+            results: Vec::with_capacity(BATCH),
+            single: 0,
         }
     }
 
@@ -61,7 +82,19 @@ impl TxHandler {
         }
     }
 
-    fn send(&mut self, q: &mut QueueIo, head: u16) -> Sent {
+    fn setup_ring(&mut self) {
+        self.ring_tried = true;
+        match TapRing::new(&self.tap, Dir::Write, BATCH as u32) {
+            Ok(r) => self.ring = Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no io_uring for the tap; one writev per frame")
+            }
+        }
+    }
+
+    /// Checks the chain of `head` and puts its iovecs in the batch's next slot; a malformed
+    /// chain is dropped (completed, counted). True if the frame joined the batch.
+    fn add(&mut self, q: &mut QueueIo, head: u16) -> bool {
         let chain = q.chain(head);
         let len = chain.readable_len() as usize;
         let segs = chain.readable();
@@ -74,25 +107,120 @@ impl TxHandler {
                 "malformed transmit chain dropped"
             );
             q.complete(head, 0);
-            return Sent::Done;
+            return false;
         }
-        self.iov.clear();
+        let iov = &mut self.iovs[self.batch.len()];
+        iov.clear();
         for s in segs {
-            self.iov.push(s.host, s.len as usize);
+            iov.push(s.host, s.len as usize);
         }
-        match self.tap.writev(&self.iov) {
-            Ok(_) => {
-                Counters::inc(&self.counters.tx_packets);
-                Counters::add(&self.counters.tx_bytes, (len - self.hdr_len) as u64);
+        self.batch.push(head);
+        true
+    }
+
+    /// Writes the batch: through the ring, or (one frame, or no ring) with writev.
+    fn write_batch(&mut self) {
+        let n = self.batch.len();
+        if let (Some(ring), true) = (self.ring.as_mut(), n > 1) {
+            match ring.run(&self.iovs[..n], &mut self.results) {
+                Ok(()) => {
+                    if self.results.iter().all(|&r| r == -libc::EOPNOTSUPP) {
+                        // The descriptor does not take RWF_NOWAIT: plain writes from now on
+                        // (the frames were not tried).
+                        tracing::warn!("the tap refuses RWF_NOWAIT; one writev per frame");
+                        self.ring = None;
+                        self.results.fill(NOT_TRIED);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring on the tap failed; one writev per frame");
+                    self.ring = None;
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Sent::Full,
-            Err(e) => {
-                Counters::inc(&self.counters.tx_dropped_write_error);
-                warn_ratelimited!(queue = q.index(), error = %e, "the tap refused a frame; dropped");
+            return;
+        }
+        self.results.clear();
+        for iov in &self.iovs[..n] {
+            self.results.push(match self.tap.writev(iov) {
+                Ok(len) => len as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            });
+        }
+    }
+
+    /// Sends what waits, then what the ring has, at most `BUDGET` frames.
+    fn run(&mut self, q: &mut QueueIo) -> Progress {
+        if !self.ring_tried {
+            self.setup_ring();
+        }
+        let mut done = 0;
+        while done < BUDGET {
+            let limit = if self.single > 0 || self.ring.is_none() {
+                1
+            } else {
+                BATCH
+            };
+            self.batch.clear();
+            // A frame that waited already was counted when it first met the full tap.
+            let retry = !self.waiting.is_empty();
+            while self.batch.len() < limit {
+                let head = match self.waiting.pop_front() {
+                    Some(h) => h,
+                    None => match q.pop() {
+                        Some(h) => h,
+                        None => break,
+                    },
+                };
+                self.add(q, head);
+            }
+            if self.batch.is_empty() {
+                self.watch(q, false);
+                return Progress::Drained;
+            }
+            self.write_batch();
+            let n = self.batch.len();
+            done += n;
+            let mut full = false;
+            for i in 0..n {
+                let head = self.batch[i];
+                let r = self.results[i];
+                if r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR {
+                    if r == -libc::EAGAIN && !full {
+                        full = true;
+                        if !(retry && i == 0) {
+                            Counters::inc(&self.counters.tx_tap_full);
+                        }
+                    }
+                    // Kept, in order, for the next try; those the ring did not take go back
+                    // in front of the rest too.
+                    continue;
+                }
+                if r >= 0 {
+                    Counters::inc(&self.counters.tx_packets);
+                    let len = q.chain(head).readable_len() as usize;
+                    Counters::add(&self.counters.tx_bytes, (len - self.hdr_len) as u64);
+                    self.single = self.single.saturating_sub(1);
+                } else {
+                    Counters::inc(&self.counters.tx_dropped_write_error);
+                    let e = std::io::Error::from_raw_os_error(-r);
+                    warn_ratelimited!(queue = q.index(), error = %e, "the tap refused a frame; dropped");
+                }
+                q.complete(head, 0);
+            }
+            for i in (0..n).rev() {
+                let r = self.results[i];
+                if r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR {
+                    self.waiting.push_front(self.batch[i]);
+                }
+            }
+            if full {
+                self.single = BATCH;
+                self.watch(q, true);
+                return Progress::Busy;
             }
         }
-        q.complete(head, 0);
-        Sent::Done
+        self.watch(q, true);
+        Progress::Busy
     }
 }
 
@@ -107,27 +235,7 @@ impl QueueHandler for TxHandler {
     }
 
     fn process(&mut self, q: &mut QueueIo) -> Progress {
-        if let Some(head) = self.pending {
-            if let Sent::Full = self.send(q, head) {
-                self.watch(q, true);
-                return Progress::Busy;
-            }
-            self.pending = None;
-        }
-        for _ in 0..BUDGET {
-            let Some(head) = q.pop() else {
-                self.watch(q, false);
-                return Progress::Drained;
-            };
-            if let Sent::Full = self.send(q, head) {
-                Counters::inc(&self.counters.tx_tap_full);
-                self.pending = Some(head);
-                self.watch(q, true);
-                return Progress::Busy;
-            }
-        }
-        self.watch(q, true);
-        Progress::Busy
+        self.run(q)
     }
 
     fn handle_event(&mut self, _index: usize, q: &mut QueueIo) {
@@ -139,8 +247,9 @@ impl QueueHandler for TxHandler {
     }
 
     fn drain(&mut self, q: &mut QueueIo) {
-        if let Some(head) = self.pending.take() {
-            // Back to the ring: sent when the queue runs again (or by the next device).
+        // Back to the ring, last taken first: sent when the queue runs again (or by the next
+        // device). Nothing is in flight in the kernel (see `uring.rs`).
+        while let Some(head) = self.waiting.pop_back() {
             if !q.unpop(head) {
                 Counters::inc(&self.counters.tx_dropped_write_error);
                 q.complete(head, 0);
@@ -153,7 +262,8 @@ impl std::fmt::Debug for TxHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TxHandler")
             .field("hdr_len", &self.hdr_len)
-            .field("pending", &self.pending)
+            .field("waiting", &self.waiting.len())
+            .field("ring", &self.ring.is_some())
             .finish()
     }
 }

@@ -1,0 +1,134 @@
+//! A small io_uring per queue for the tap: several frames' readvs (receive queue) or writevs
+//! (transmit queue) in one io_uring_enter instead of one system call each.
+//!
+//! Every SQE carries RWF_NOWAIT, so the kernel never parks one: a tap (or a socket standing
+//! in for one) that has no frame, or no room, answers -EAGAIN in the CQE, exactly as a
+//! non-blocking readv or writev would, and everything else completes inline during the
+//! submission. When `run` returns, nothing of a batch is in flight: no request touches guest
+//! memory past it, so the queue's drain stays what it was (frames are held by the handler,
+//! never by the kernel).
+//!
+//! Like the block device's rings, each ring is locked down before it is enabled: the tap is
+//! fixed file 0, and the ring takes only one opcode (readv for a receive queue, writev for a
+//! transmit queue), only on that fixed file. io_uring operations bypass seccomp; with these
+//! restrictions a compromised device can do through its rings nothing but what its readv and
+//! writev rules allow on the tap already.
+
+use std::io;
+
+use io_uring::register::Restriction;
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::backend::{IoVecs, TapFd};
+
+/// A result slot no CQE filled (the batch was cut short: the frame was not tried).
+pub(crate) const NOT_TRIED: i32 = i32::MIN;
+
+/// Which operation a ring is restricted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+/// One queue's ring on its tap.
+pub(crate) struct TapRing {
+    ring: IoUring,
+    dir: Dir,
+}
+
+impl std::fmt::Debug for TapRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TapRing").finish_non_exhaustive()
+    }
+}
+
+impl TapRing {
+    /// A ring of `entries` (a power of two) for batches of at most that many frames, on `tap`.
+    pub(crate) fn new(tap: &TapFd, dir: Dir, entries: u32) -> io::Result<Self> {
+        // COOP_TASKRUN: completions are all posted inline, no interrupt of this thread is ever
+        // needed; older kernels refuse the flag (EINVAL): plain ring then.
+        let ring: IoUring = match IoUring::builder()
+            .setup_r_disabled()
+            .setup_coop_taskrun()
+            .build(entries)
+        {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_r_disabled().build(entries)?
+            }
+            Err(e) => return Err(e),
+        };
+        let code = match dir {
+            Dir::Read => opcode::Readv::CODE,
+            Dir::Write => opcode::Writev::CODE,
+        };
+        let submitter = ring.submitter();
+        submitter.register_files(&[tap.raw()])?;
+        submitter.register_restrictions(&mut [
+            Restriction::sqe_op(code),
+            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
+            Restriction::sqe_flags_allowed(0),
+        ])?;
+        submitter.register_enable_rings()?;
+        Ok(TapRing { ring, dir })
+    }
+
+    /// Runs one readv or writev per iovec list of `iovs` (in that order, with RWF_NOWAIT) in
+    /// one submission and stores each result (bytes, or -errno) in `results`. A list the
+    /// ring could not take is left at [`NOT_TRIED`]. Err: the ring failed (nothing of the
+    /// batch is in flight even then); the caller stops using it.
+    pub(crate) fn run(&mut self, iovs: &[IoVecs], results: &mut Vec<i32>) -> io::Result<()> {
+        results.clear();
+        results.resize(iovs.len(), NOT_TRIED);
+        let mut queued = 0;
+        {
+            let mut sq = self.ring.submission();
+            for (i, iov) in iovs.iter().enumerate() {
+                let fd = types::Fixed(0);
+                let entry = match self.dir {
+                    Dir::Read => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32)
+                        .rw_flags(libc::RWF_NOWAIT)
+                        .build(),
+                    Dir::Write => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
+                        .rw_flags(libc::RWF_NOWAIT)
+                        .build(),
+                };
+                // SAFETY: the iovec array and the memory it names (guest buffers of chains
+                // the queue holds, or the handler's own buffers) stay valid until this
+                // function returns, and every request of the batch has completed by then:
+                // with RWF_NOWAIT none is parked or handed to a kernel worker, and we wait
+                // for all of their completions below.
+                if unsafe { sq.push(&entry.user_data(i as u64)) }.is_err() {
+                    break;
+                }
+                queued += 1;
+            }
+        }
+        let mut got = 0;
+        while got < queued {
+            match self.ring.submit_and_wait(queued - got) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    self.reap(results, &mut got);
+                    if got < queued {
+                        return Err(e);
+                    }
+                    break;
+                }
+            }
+            self.reap(results, &mut got);
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, results: &mut [i32], got: &mut usize) {
+        for cqe in self.ring.completion() {
+            if let Some(r) = results.get_mut(cqe.user_data() as usize) {
+                *r = cqe.result();
+                *got += 1;
+            }
+        }
+    }
+}
