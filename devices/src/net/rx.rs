@@ -48,9 +48,8 @@ const RX_BATCH: usize = 8;
 /// followed by its slot's own buffer for what does not fit.
 struct Batch {
     ring: TapRing,
-    /// BOUNCE_LEN bytes per slot, in one allocation (large enough for the allocator to map
-    /// it: pages no frame has spilled into take no memory).
-    bufs: Box<[u8]>,
+    /// BOUNCE_LEN bytes per slot.
+    bufs: Vec<Box<[u8]>>,
     iovs: Vec<IoVecs>,
     results: Vec<i32>,
     /// How many frames to ask for next: doubles while the tap has them all, falls to what it
@@ -436,16 +435,6 @@ fn copy_into(q: &QueueIo, held: &VecDeque<Held>, mut skip: usize, mut src: &[u8]
     }
 }
 
-impl Batch {
-    fn slot(&mut self, i: usize) -> &mut [u8] {
-        &mut self.bufs[i * BOUNCE_LEN..(i + 1) * BOUNCE_LEN]
-    }
-
-    fn slot_ref(&self, i: usize) -> &[u8] {
-        &self.bufs[i * BOUNCE_LEN..(i + 1) * BOUNCE_LEN]
-    }
-}
-
 /// Writes num_buffers into the header at the start of chain `head`'s writable buffers.
 fn set_num_buffers(q: &QueueIo, head: u16, count: u16) {
     let nb = count.to_le_bytes();
@@ -478,7 +467,9 @@ impl RxHandler {
                 Ok(ring) => {
                     self.batch = Some(Box::new(Batch {
                         ring,
-                        bufs: vec![0u8; RX_BATCH * BOUNCE_LEN].into_boxed_slice(),
+                        bufs: (0..RX_BATCH)
+                            .map(|_| vec![0u8; BOUNCE_LEN].into_boxed_slice())
+                            .collect(),
                         iovs: (0..RX_BATCH).map(|_| IoVecs::default()).collect(),
                         results: Vec::with_capacity(RX_BATCH),
                         size: 2,
@@ -517,14 +508,16 @@ impl RxHandler {
             if segs.len() >= MAX_IOVS {
                 break;
             }
-            let spill = b.slot(i).as_mut_ptr() as usize + h.room;
             let iov = &mut b.iovs[i];
             iov.clear();
             for s in segs {
                 iov.push(s.host, s.len as usize);
             }
             if h.room < BOUNCE_LEN {
-                iov.push(spill, BOUNCE_LEN - h.room);
+                iov.push(
+                    b.bufs[i].as_mut_ptr() as usize + h.room,
+                    BOUNCE_LEN - h.room,
+                );
             }
             n_slots += 1;
         }
@@ -540,12 +533,6 @@ impl RxHandler {
                 self.batch = Some(b);
                 return self.read(q);
             }
-        } else if b.results[..n_slots].iter().all(|&r| r == -libc::EOPNOTSUPP) {
-            // The descriptor does not take RWF_NOWAIT: nothing was read.
-            tracing::warn!("the tap refuses RWF_NOWAIT; one readv per frame");
-            b.broken = true;
-            self.batch = Some(b);
-            return self.read(q);
         }
         let mut taken = [Held { head: 0, room: 0 }; RX_BATCH];
         for (t, h) in taken.iter_mut().zip(self.held.iter().take(n_slots)) {
@@ -593,7 +580,7 @@ impl RxHandler {
             if in_place {
                 // The first frame that overflowed its chain: the front chain has its head,
                 // the bounce buffer its tail at the same offsets, as `read` leaves it.
-                self.bounce[room..n].copy_from_slice(&b.slot_ref(i)[room..n]);
+                self.bounce[room..n].copy_from_slice(&b.bufs[i][room..n]);
                 self.pending = Some(Pending {
                     len: n,
                     in_guest: room,
@@ -609,7 +596,7 @@ impl RxHandler {
                 continue;
             }
             let head_part = n.min(room);
-            if save_chain(q, head, &mut b.slot(i)[..head_part]) {
+            if save_chain(q, head, &mut b.bufs[i][..head_part]) {
                 self.backlog.push_back((i, n));
             } else {
                 Counters::inc(&self.counters.rx_dropped_malformed);
@@ -657,7 +644,7 @@ impl RxHandler {
                 self.backlog.clear();
                 return true;
             };
-            copy_into(q, &self.held, 0, &b.slot_ref(slot)[..len]);
+            copy_into(q, &self.held, 0, &b.bufs[slot][..len]);
             self.backlog.pop_front();
             self.complete_frame(q, len);
         }
