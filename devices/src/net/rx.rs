@@ -534,16 +534,13 @@ impl RxHandler {
                 return self.read(q);
             }
         }
-        let mut taken = [Held { head: 0, room: 0 }; RX_BATCH];
-        for (t, h) in taken.iter_mut().zip(self.held.iter().take(n_slots)) {
-            *t = *h;
-        }
+        let taken: Vec<Held> = self.held.iter().take(n_slots).copied().collect();
         let hdr = self.mode.hdr_len;
         let mut in_place = true;
         let mut failed = false;
         let mut frames = 0;
         let mut empty_tail = false;
-        for (i, &Held { head, room }) in taken[..n_slots].iter().enumerate() {
+        for (i, &Held { head, room }) in taken.iter().enumerate() {
             let r = b.results[i];
             empty_tail = r == -libc::EAGAIN || r == NOT_TRIED;
             if empty_tail {
@@ -589,12 +586,7 @@ impl RxHandler {
                 continue;
             }
             // After one that did not stay in place: the part in the chain joins its tail in
-            // the slot's buffer (which a frame longer than that, in a chain larger than the
-            // largest tap frame, cannot join: no tap hands one over).
-            if n > BOUNCE_LEN {
-                Counters::inc(&self.counters.rx_dropped_too_big);
-                continue;
-            }
+            // the slot's buffer.
             let head_part = n.min(room);
             if save_chain(q, head, &mut b.bufs[i][..head_part]) {
                 self.backlog.push_back((i, n));
