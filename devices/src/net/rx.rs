@@ -9,11 +9,6 @@
 //! (the kernel drops them when its queue is full). Held chains go back to the ring (unpop)
 //! whenever the queue drains for a sleep or a stop.
 //!
-//! With mergeable buffers, once recent frames fit one held chain each, the queue reads up to
-//! `RX_BATCH` frames in one io_uring submission (`uring.rs`), each into one chain followed by
-//! a buffer of its own for what does not fit; see `read_batch` for how order is kept when
-//! one of them does not fit.
-//!
 //! All ring work happens in `process`: the worker turns driver notifications back on when it
 //! returns `Drained`, which it does only when the ring has nothing more to take. A tap event
 //! only asks for `process`.
@@ -28,7 +23,6 @@ use vu_core::{warn_ratelimited, Interest, Progress, QueueHandler, QueueIo};
 use super::backend::{IoVecs, TapFd, MAX_IOVS};
 use super::config::{HDR_LEN, NUM_BUFFERS_OFFSET};
 use super::stats::Counters;
-use super::uring::{Dir, TapRing, NOT_TRIED};
 
 /// Frames per `process` call: then the worker looks at its commands, and comes back at once
 /// since the tap is still readable.
@@ -40,24 +34,6 @@ pub(crate) const BOUNCE_LEN: usize = HDR_LEN + 65536 + 4096;
 
 /// Most chains held ahead of frames.
 const MAX_HELD: usize = 256;
-
-/// Most frames one batched read asks the tap for.
-const RX_BATCH: usize = 8;
-
-/// Batched reads: up to `RX_BATCH` readvs in one submission, each into one held chain
-/// followed by its slot's own buffer for what does not fit.
-struct Batch {
-    ring: TapRing,
-    /// BOUNCE_LEN bytes per slot.
-    bufs: Vec<Box<[u8]>>,
-    iovs: Vec<IoVecs>,
-    results: Vec<i32>,
-    /// How many frames to ask for next: doubles while the tap has them all, falls to what it
-    /// had plus one when it runs dry.
-    size: usize,
-    /// The ring failed: no more batches.
-    broken: bool,
-}
 
 /// How the driver takes frames, from the negotiated features.
 #[derive(Debug, Clone, Copy)]
@@ -115,14 +91,6 @@ pub(crate) struct RxHandler {
     /// frames do not drag dozens of iovecs through every readv.
     estimate: usize,
     iov: IoVecs,
-    /// Batched reads (mergeable buffers only), once set up.
-    batch: Option<Box<Batch>>,
-    /// The batch's ring was set up (or tried).
-    batch_tried: bool,
-    /// Frames of a batch that could not stay where they were read (a frame before them
-    /// waits for buffers, or left its chain unused), in slots of `batch`, delivered in order
-    /// after `pending`: (slot, length with header).
-    backlog: VecDeque<(usize, usize)>,
 }
 
 impl RxHandler {
@@ -141,9 +109,6 @@ impl RxHandler {
             detached: true,
             estimate: mode.want,
             iov: IoVecs::default(),
-            batch: None,
-            batch_tried: false,
-            backlog: VecDeque::new(),
         }
     }
 
@@ -191,12 +156,6 @@ impl RxHandler {
                 }
                 continue;
             }
-            if !self.backlog.is_empty() {
-                if !self.deliver_backlog(q) {
-                    return self.starve(q);
-                }
-                continue;
-            }
             if !self.tap_ready {
                 self.watch(q, true);
                 return Progress::Busy;
@@ -206,13 +165,7 @@ impl RxHandler {
             if self.held.is_empty() {
                 return self.starve(q);
             }
-            let slots = self.batch_slots();
-            let read = if slots > 1 {
-                self.read_batch(q, slots)
-            } else {
-                self.read(q)
-            };
-            match read {
+            match self.read(q) {
                 Read::Frame => {}
                 Read::Empty => {
                     self.tap_ready = false;
@@ -328,7 +281,24 @@ impl RxHandler {
             self.pending = None;
             return true;
         }
-        copy_into(q, &self.held, p.in_guest, &self.bounce[p.in_guest..p.len]);
+        let mut skip = p.in_guest;
+        let mut src = &self.bounce[p.in_guest..p.len];
+        for h in &self.held {
+            if src.is_empty() {
+                break;
+            }
+            if skip >= h.room {
+                skip -= h.room;
+                continue;
+            }
+            let n = (h.room - skip).min(src.len());
+            let done = q.chain(h.head).write_at(skip as u32, &src[..n]);
+            if done != n {
+                warn_ratelimited!(queue = q.index(), "receive buffer is not writable");
+            }
+            src = &src[n..];
+            skip = 0;
+        }
         self.pending = None;
         self.complete_frame(q, p.len);
         true
@@ -391,50 +361,6 @@ impl RxHandler {
     }
 }
 
-/// Copies the first `dst.len()` bytes of chain `head`'s writable buffers into `dst`. False if
-/// guest memory could not be read.
-fn save_chain(q: &QueueIo, head: u16, dst: &mut [u8]) -> bool {
-    let chain = q.chain(head);
-    let Some(mem) = chain.memory() else {
-        return false;
-    };
-    let mut off = 0;
-    for s in chain.writable() {
-        let n = (s.len as usize).min(dst.len() - off);
-        if n == 0 {
-            break;
-        }
-        if mem
-            .read_slice(&mut dst[off..off + n], GuestAddress(s.addr))
-            .is_err()
-        {
-            return false;
-        }
-        off += n;
-    }
-    off == dst.len()
-}
-
-/// Copies `src` into the chains of `held`, in order, from byte `skip` of the first on.
-fn copy_into(q: &QueueIo, held: &VecDeque<Held>, mut skip: usize, mut src: &[u8]) {
-    for h in held {
-        if src.is_empty() {
-            break;
-        }
-        if skip >= h.room {
-            skip -= h.room;
-            continue;
-        }
-        let n = (h.room - skip).min(src.len());
-        let done = q.chain(h.head).write_at(skip as u32, &src[..n]);
-        if done != n {
-            warn_ratelimited!(queue = q.index(), "receive buffer is not writable");
-        }
-        src = &src[n..];
-        skip = 0;
-    }
-}
-
 /// Writes num_buffers into the header at the start of chain `head`'s writable buffers.
 fn set_num_buffers(q: &QueueIo, head: u16, count: u16) {
     let nb = count.to_le_bytes();
@@ -454,195 +380,6 @@ fn set_num_buffers(q: &QueueIo, head: u16, count: u16) {
 }
 
 impl RxHandler {
-    /// How many frames to read in one batch now: with mergeable buffers, once the ring is
-    /// set up, the leading held chains that each take a frame of the recent size (at most
-    /// the batch's size). 0 or 1: one readv.
-    fn batch_slots(&mut self) -> usize {
-        if !self.mode.mergeable || self.pending.is_some() || self.held.len() < 2 {
-            return 0;
-        }
-        if !self.batch_tried {
-            self.batch_tried = true;
-            match TapRing::new(&self.tap, Dir::Read, RX_BATCH as u32) {
-                Ok(ring) => {
-                    self.batch = Some(Box::new(Batch {
-                        ring,
-                        bufs: (0..RX_BATCH)
-                            .map(|_| vec![0u8; BOUNCE_LEN].into_boxed_slice())
-                            .collect(),
-                        iovs: (0..RX_BATCH).map(|_| IoVecs::default()).collect(),
-                        results: Vec::with_capacity(RX_BATCH),
-                        size: 2,
-                        broken: false,
-                    }))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no io_uring for the tap; one readv per frame")
-                }
-            }
-        }
-        let Some(b) = self.batch.as_ref().filter(|b| !b.broken) else {
-            return 0;
-        };
-        self.held
-            .iter()
-            .take(b.size)
-            .take_while(|h| h.room >= self.estimate)
-            .count()
-    }
-
-    /// Reads up to `slots` frames with one submission, each into one held chain (and its
-    /// slot's buffer for what does not fit), and delivers them in the order the tap gave
-    /// them. A frame that fits its chain is completed there. From the first that does not
-    /// (it overflowed: it waits, as `pending`, for more buffers; or it was dropped, or no
-    /// frame came, leaving its chain unused) on, the frames after it move to their slots'
-    /// buffers (`backlog`) and follow it, copied, through the front held chains: chains are
-    /// always completed in the order they were taken, and a frame never overtakes another.
-    fn read_batch(&mut self, q: &mut QueueIo, slots: usize) -> Read {
-        let Some(mut b) = self.batch.take() else {
-            return self.read(q);
-        };
-        let mut n_slots = 0;
-        for (i, h) in self.held.iter().take(slots).enumerate() {
-            let segs = q.chain(h.head).writable();
-            if segs.len() >= MAX_IOVS {
-                break;
-            }
-            let iov = &mut b.iovs[i];
-            iov.clear();
-            for s in segs {
-                iov.push(s.host, s.len as usize);
-            }
-            if h.room < BOUNCE_LEN {
-                iov.push(
-                    b.bufs[i].as_mut_ptr() as usize + h.room,
-                    BOUNCE_LEN - h.room,
-                );
-            }
-            n_slots += 1;
-        }
-        if n_slots < 2 {
-            self.batch = Some(b);
-            return self.read(q);
-        }
-        if let Err(e) = b.ring.run(&b.iovs[..n_slots], &mut b.results) {
-            tracing::warn!(error = %e, "io_uring on the tap failed; one readv per frame");
-            // What it read is delivered below; its slots stay until the backlog is empty.
-            b.broken = true;
-            if b.results.iter().all(|&r| r == NOT_TRIED) {
-                self.batch = Some(b);
-                return self.read(q);
-            }
-        }
-        let taken: Vec<Held> = self.held.iter().take(n_slots).copied().collect();
-        let hdr = self.mode.hdr_len;
-        let mut in_place = true;
-        let mut failed = false;
-        let mut frames = 0;
-        let mut empty_tail = false;
-        for (i, &Held { head, room }) in taken.iter().enumerate() {
-            let r = b.results[i];
-            empty_tail = r == -libc::EAGAIN || r == NOT_TRIED;
-            if empty_tail {
-                in_place = false;
-                continue;
-            }
-            if r < 0 {
-                Counters::inc(&self.counters.rx_read_errors);
-                let e = std::io::Error::from_raw_os_error(-r);
-                warn_ratelimited!(queue = q.index(), error = %e, "cannot read the tap");
-                failed = true;
-                in_place = false;
-                continue;
-            }
-            frames += 1;
-            let n = r as usize;
-            if n > room.max(BOUNCE_LEN) {
-                Counters::inc(&self.counters.rx_dropped_too_big);
-                in_place = false;
-                continue;
-            }
-            if n < hdr {
-                Counters::inc(&self.counters.rx_dropped_malformed);
-                in_place = false;
-                continue;
-            }
-            self.estimate = n.max(self.estimate - self.estimate / 32);
-            if in_place && n <= room {
-                // Its chain is the front one now: those before it were completed.
-                self.complete_frame(q, n);
-                continue;
-            }
-            Counters::inc(&self.counters.rx_copied);
-            if in_place {
-                // The first frame that overflowed its chain: the front chain has its head,
-                // the bounce buffer its tail at the same offsets, as `read` leaves it.
-                self.bounce[room..n].copy_from_slice(&b.bufs[i][room..n]);
-                self.pending = Some(Pending {
-                    len: n,
-                    in_guest: room,
-                });
-                in_place = false;
-                continue;
-            }
-            // After one that did not stay in place: the part in the chain joins its tail in
-            // the slot's buffer.
-            let head_part = n.min(room);
-            if save_chain(q, head, &mut b.bufs[i][..head_part]) {
-                self.backlog.push_back((i, n));
-            } else {
-                Counters::inc(&self.counters.rx_dropped_malformed);
-                warn_ratelimited!(queue = q.index(), "receive buffer is not readable");
-            }
-        }
-        b.size = if empty_tail {
-            (frames + 1).clamp(2, RX_BATCH)
-        } else if frames == n_slots {
-            (b.size * 2).min(RX_BATCH)
-        } else {
-            b.size
-        };
-        self.batch = Some(b);
-        if self.pending.is_some() && !self.deliver_pending(q) {
-            return Read::Waiting;
-        }
-        if !self.deliver_backlog(q) {
-            return Read::Waiting;
-        }
-        if failed {
-            Read::Failed
-        } else if empty_tail {
-            Read::Empty
-        } else {
-            Read::Frame
-        }
-    }
-
-    /// Delivers the frames of the backlog, in order, copied from their slots into the front
-    /// held chains. False if one waits for buffers.
-    fn deliver_backlog(&mut self, q: &mut QueueIo) -> bool {
-        let max = usize::from(q.size());
-        while let Some(&(slot, len)) = self.backlog.front() {
-            self.fill(q, len, max);
-            if self.held_room < len {
-                if self.held.len() < max {
-                    return false;
-                }
-                Counters::inc(&self.counters.rx_dropped_too_big);
-                self.backlog.pop_front();
-                continue;
-            }
-            let Some(b) = self.batch.as_ref() else {
-                self.backlog.clear();
-                return true;
-            };
-            copy_into(q, &self.held, 0, &b.bufs[slot][..len]);
-            self.backlog.pop_front();
-            self.complete_frame(q, len);
-        }
-        true
-    }
-
     /// Copies the first `len` bytes of the held chains into the bounce buffer; returns how
     /// many it could.
     fn save_guest_part(&mut self, q: &QueueIo, len: usize) -> usize {
@@ -700,7 +437,6 @@ impl Drop for RxHandler {
         if self.pending.is_some() {
             Counters::inc(&self.counters.rx_dropped_stopped);
         }
-        Counters::add(&self.counters.rx_dropped_stopped, self.backlog.len() as u64);
     }
 }
 
@@ -710,7 +446,6 @@ impl std::fmt::Debug for RxHandler {
             .field("mode", &self.mode)
             .field("held", &self.held.len())
             .field("pending", &self.pending)
-            .field("backlog", &self.backlog.len())
             .finish()
     }
 }

@@ -20,7 +20,7 @@ use vu_core::{warn_ratelimited, Interest, Progress, QueueHandler, QueueIo};
 use super::backend::{IoVecs, TapFd, MAX_IOVS};
 use super::config::MAX_FRAME;
 use super::stats::Counters;
-use super::uring::{Dir, TapRing, NOT_TRIED};
+use super::uring::{TapRing, NOT_TRIED};
 
 /// Frames per `process` call: then the worker looks at its commands, woken again at once by
 /// the (writable) tap.
@@ -84,7 +84,7 @@ impl TxHandler {
 
     fn setup_ring(&mut self) {
         self.ring_tried = true;
-        match TapRing::new(&self.tap, Dir::Write, BATCH as u32) {
+        match TapRing::new(&self.tap, BATCH as u32) {
             Ok(r) => self.ring = Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "no io_uring for the tap; one writev per frame")

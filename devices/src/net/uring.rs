@@ -1,18 +1,17 @@
-//! A small io_uring per queue for the tap: several frames' readvs (receive queue) or writevs
-//! (transmit queue) in one io_uring_enter instead of one system call each.
+//! A small io_uring per transmit queue for the tap: several frames' writevs in one
+//! io_uring_enter instead of one system call each.
 //!
 //! Every SQE carries RWF_NOWAIT, so the kernel never parks one: a tap (or a socket standing
-//! in for one) that has no frame, or no room, answers -EAGAIN in the CQE, exactly as a
-//! non-blocking readv or writev would, and everything else completes inline during the
+//! in for one) that has no room answers -EAGAIN in the CQE, exactly as a
+//! non-blocking writev would, and everything else completes inline during the
 //! submission. When `run` returns, nothing of a batch is in flight: no request touches guest
 //! memory past it, so the queue's drain stays what it was (frames are held by the handler,
 //! never by the kernel).
 //!
 //! Like the block device's rings, each ring is locked down before it is enabled: the tap is
-//! fixed file 0, and the ring takes only one opcode (readv for a receive queue, writev for a
-//! transmit queue), only on that fixed file. io_uring operations bypass seccomp; with these
-//! restrictions a compromised device can do through its rings nothing but what its readv and
-//! writev rules allow on the tap already.
+//! fixed file 0, and the ring takes only writev, only on that fixed file. io_uring operations
+//! bypass seccomp; with these restrictions a compromised device can do through its ring
+//! nothing but what its writev rule allows on the tap already.
 
 use std::io;
 
@@ -24,17 +23,9 @@ use super::backend::{IoVecs, TapFd};
 /// A result slot no CQE filled (the batch was cut short: the frame was not tried).
 pub(crate) const NOT_TRIED: i32 = i32::MIN;
 
-/// Which operation a ring is restricted to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
-    Read,
-    Write,
-}
-
 /// One queue's ring on its tap.
 pub(crate) struct TapRing {
     ring: IoUring,
-    dir: Dir,
 }
 
 impl std::fmt::Debug for TapRing {
@@ -45,7 +36,7 @@ impl std::fmt::Debug for TapRing {
 
 impl TapRing {
     /// A ring of `entries` (a power of two) for batches of at most that many frames, on `tap`.
-    pub(crate) fn new(tap: &TapFd, dir: Dir, entries: u32) -> io::Result<Self> {
+    pub(crate) fn new(tap: &TapFd, entries: u32) -> io::Result<Self> {
         // COOP_TASKRUN: completions are all posted inline, no interrupt of this thread is ever
         // needed; older kernels refuse the flag (EINVAL): plain ring then.
         let ring: IoUring = match IoUring::builder()
@@ -59,22 +50,18 @@ impl TapRing {
             }
             Err(e) => return Err(e),
         };
-        let code = match dir {
-            Dir::Read => opcode::Readv::CODE,
-            Dir::Write => opcode::Writev::CODE,
-        };
         let submitter = ring.submitter();
         submitter.register_files(&[tap.raw()])?;
         submitter.register_restrictions(&mut [
-            Restriction::sqe_op(code),
+            Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
             Restriction::sqe_flags_allowed(0),
         ])?;
         submitter.register_enable_rings()?;
-        Ok(TapRing { ring, dir })
+        Ok(TapRing { ring })
     }
 
-    /// Runs one readv or writev per iovec list of `iovs` (in that order, with RWF_NOWAIT) in
+    /// Runs one writev per iovec list of `iovs` (in that order, with RWF_NOWAIT) in
     /// one submission and stores each result (bytes, or -errno) in `results`. A list the
     /// ring could not take is left at [`NOT_TRIED`]. Err: the ring failed (nothing of the
     /// batch is in flight even then); the caller stops using it.
@@ -86,14 +73,9 @@ impl TapRing {
             let mut sq = self.ring.submission();
             for (i, iov) in iovs.iter().enumerate() {
                 let fd = types::Fixed(0);
-                let entry = match self.dir {
-                    Dir::Read => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32)
-                        .rw_flags(libc::RWF_NOWAIT)
-                        .build(),
-                    Dir::Write => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
-                        .rw_flags(libc::RWF_NOWAIT)
-                        .build(),
-                };
+                let entry = opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
+                    .rw_flags(libc::RWF_NOWAIT)
+                    .build();
                 // SAFETY: the iovec array and the memory it names (guest buffers of chains
                 // the queue holds, or the handler's own buffers) stay valid until this
                 // function returns, and every request of the batch has completed by then:
