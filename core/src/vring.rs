@@ -686,8 +686,11 @@ impl QueueIo {
         }
         // Order the used index store before reading the driver's suppression state.
         fence(Ordering::SeqCst);
-        if self.needs_notification(new) {
-            self.shared.signal_call();
+        if self.needs_notification(new) && !self.shared.signal_call() {
+            // No call eventfd yet: a front-end sets it after the kick that starts the queue
+            // (QEMU does), and a first run can publish before then. Owed until one is set
+            // (`notify_resumed`; SET_VRING_CALL pokes the worker).
+            self.notify_on_start = true;
         }
     }
 

@@ -141,6 +141,11 @@ fn connects_to_exactly_the_port_path() {
             errno: libc::ECONNREFUSED
         }
     );
+    // The broker counts an answer after sending it: wait for the count to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.counters.failed.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(p.counters.connected.load(Ordering::Relaxed), 1);
     assert_eq!(p.counters.failed.load(Ordering::Relaxed), 2);
 }
@@ -306,6 +311,14 @@ fn answers_to_a_device_that_reads_late_all_arrive_in_order() {
         sender.join().expect("sender");
         acceptor.join().expect("acceptor");
     });
+    // The broker counts an answer after sending it: wait for the last count to land.
+    let t0 = Instant::now();
+    while (p.counters.connected.load(Ordering::Relaxed) < N
+        || p.counters.held.load(Ordering::Relaxed) != 0)
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(p.counters.connected.load(Ordering::Relaxed), N);
     assert_eq!(p.counters.undelivered.load(Ordering::Relaxed), 0);
     assert_eq!(p.counters.held.load(Ordering::Relaxed), 0);

@@ -147,6 +147,10 @@ impl Handler {
                     .call
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = fd;
+                // A running queue may owe the driver a notification it had no eventfd for.
+                if let Some(w) = self.vrings[i].worker.as_mut() {
+                    w.poke();
+                }
             }
             Request::SetVringErr => {
                 *self.vrings[i]

@@ -149,9 +149,11 @@ impl Thread {
                     let q = *q;
                     match Slot::register(q.id, q.io, q.handler, q.kick, &self.epoll, &self.ctl) {
                         Ok(mut s) => {
+                            // Answered first: the connection thread goes on with the
+                            // front-end's next message while the queue looks at its ring.
+                            let _ = reply.send(Ok(()));
                             s.start();
                             self.slots.push(s);
-                            let _ = reply.send(Ok(()));
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e));
