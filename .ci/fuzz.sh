@@ -27,8 +27,26 @@ if [ -n "${FUZZ_RUNS:-}" ]; then
 fi
 targets="${FUZZ_TARGETS:-message_dispatch descriptor_chain snapshot_decode block_request net_tx rng_request vsock_tx}"
 sanitizer="${FUZZ_SANITIZER:-none}"
-# cargo-fuzz passes -Z flags (sanitizers, coverage); this lets the stable toolchain take them.
+# cargo-fuzz passes -Z flags (sanitizers, coverage), and core/fuzz/Cargo.toml uses cargo's
+# profile-rustflags; this lets the stable toolchain take them.
 export RUSTC_BOOTSTRAP=1
+# Compare tracing for the dependencies (vu-core, vu-devices, vm-memory, ...) but not for the
+# harness crate itself: --no-trace-compares turns it off, core/fuzz/Cargo.toml's
+# [profile.release.package."*"] turns it back on for every dependency (see
+# core/fuzz/README.md, Speed). Every cargo fuzz build/run below must pass the same flags,
+# or cargo rebuilds the dependencies.
+build_flags=(-s "$sanitizer" --no-trace-compares)
+
+# The longest input a target reads: every byte after it is ignored (the input formats in
+# core/fuzz/src/ stop there), so a longer input runs exactly like its prefix. Without
+# -max_len libFuzzer lets inputs grow to 4096 bytes.
+max_len() {
+    case "$1" in
+        net_tx) echo 2116 ;;   # MAX_NET_TX_INPUT: 4 header bytes + 64 chains of 33 at most
+        vsock_tx) echo 817 ;;  # MAX_VSOCK_INPUT: a flag byte + 16 steps of 51 bytes at most
+        *) echo 0 ;;           # 0: libFuzzer's default
+    esac
+}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz"
@@ -37,7 +55,7 @@ fi
 
 cd core
 for t in $targets; do
-    cargo fuzz build -s "$sanitizer" "$t"
+    cargo fuzz build "${build_flags[@]}" "$t"
 done
 
 failed=()
@@ -47,9 +65,14 @@ for t in $targets; do
     echo "fuzz: $t for ${seconds}s (sanitizer: $sanitizer)"
     # -timeout: a single input running this long is a hang (a finding, not a slow machine:
     # inputs take milliseconds). Without it libFuzzer waits 1200 s per input.
-    if cargo fuzz run -s "$sanitizer" "$t" "fuzz/corpus/$t" "fuzz/corpus/min/$t" \
+    len=()
+    if [ "$(max_len "$t")" != 0 ]; then
+        len=(-max_len="$(max_len "$t")")
+    fi
+    if cargo fuzz run "${build_flags[@]}" "$t" "fuzz/corpus/$t" "fuzz/corpus/min/$t" \
         "fuzz/corpus/seed/$t" -- \
-        -max_total_time="$seconds" "${runs[@]}" -timeout=25 -print_final_stats=1 >"$log" 2>&1; then
+        -max_total_time="$seconds" "${runs[@]}" "${len[@]}" -timeout=25 -print_final_stats=1 \
+        >"$log" 2>&1; then
         grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
             "$log" | sed "s/^/fuzz: $t: /"
     else
@@ -73,7 +96,7 @@ if [ "${FUZZ_MINIMIZE:-0}" = 1 ]; then
         fresh="$(mktemp -d)"
         cp "fuzz/corpus/seed/$t/"* "$fresh/"
         # (What `cargo fuzz cmin` does, with the seeds counted as already covered.)
-        cargo fuzz run -s "$sanitizer" "$t" "$fresh" "fuzz/corpus/min/$t" "fuzz/corpus/$t" \
+        cargo fuzz run "${build_flags[@]}" "$t" "$fresh" "fuzz/corpus/min/$t" "fuzz/corpus/$t" \
             -- -merge=1 -timeout=25 >/dev/null 2>&1
         for s in "fuzz/corpus/seed/$t/"*; do
             rm -f "$fresh/$(basename "$s")"

@@ -3,6 +3,7 @@
 //! buffers after readable ones. The result is a list of host-translated segments, kept in a
 //! reusable buffer so the hot path does not allocate.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
@@ -13,6 +14,9 @@ use vm_memory::{
 use crate::memory::{host_span, GuestMem};
 
 const DESC_SIZE: u64 = 16;
+
+/// A region of guest memory.
+type Region = <GuestMem as GuestMemoryBackend>::R;
 
 /// Longest indirect table accepted, unless the queue itself is larger. Drivers do build
 /// indirect tables longer than a small queue (Linux sizes them by the device's `seg_max`, not
@@ -105,6 +109,22 @@ pub struct Segment {
     pub host: usize,
 }
 
+/// Notes descriptor `idx` of a table of `table_len` as seen by the walk on this thread,
+/// `taken` descriptors into the table (the bitmap starts empty at `LOOP_CHECK_AFTER`);
+/// whether it was seen already.
+fn seen_before(idx: u16, table_len: u16, taken: u32) -> bool {
+    VISITED.with_borrow_mut(|visited| {
+        if taken == LOOP_CHECK_AFTER {
+            visited.clear();
+            visited.resize(usize::from(table_len).div_ceil(64), 0);
+        }
+        let (word, bit) = (usize::from(idx / 64), 1u64 << (idx % 64));
+        let seen = visited[word] & bit != 0;
+        visited[word] |= bit;
+        seen
+    })
+}
+
 /// A walked chain: its head, its segments, and the memory it was translated against.
 #[derive(Debug, Default)]
 pub struct Chain {
@@ -114,6 +134,21 @@ pub struct Chain {
     writable: u32,
     mem: Option<Arc<GuestMem>>,
 }
+
+thread_local! {
+    /// The descriptors of its current table a long walk has seen, one bit each (see
+    /// `LOOP_CHECK_AFTER`). One per thread, not per chain: a queue holds up to 32768 chains,
+    /// and a bitmap each (up to 4 KiB) would let a driver make it hold 128 MiB.
+    static VISITED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Descriptors a walk takes in one table before it starts noting which it has seen. A
+/// chain that comes back to a descriptor it passed is a loop, longer than its table (the
+/// next index is a function of the descriptor), so it is refused as `TooLong` there instead
+/// of after going round the loop up to the table size (up to 32768 descriptors, each
+/// translated). A driver that rewrites the table under the walk may see its chain refused
+/// either way. Short chains, the usual ones, never pay for the bitmap.
+const LOOP_CHECK_AFTER: u32 = 16;
 
 impl Chain {
     /// Head descriptor index.
@@ -242,11 +277,18 @@ impl Chain {
         let mut budget = queue_size as u32;
         let mut seen_write = false;
         let mut table_host = host_span(mem, table.0, u64::from(table_len) * DESC_SIZE, 1);
+        // The region the last buffer was in: buffers of one chain mostly share a region,
+        // and vm-memory's lookup searches every region for each.
+        let mut region = None;
         loop {
             if idx >= table_len {
                 return Err(ChainError::BadIndex(idx));
             }
             if budget == 0 {
+                return Err(ChainError::TooLong);
+            }
+            let taken = u32::from(table_len) - budget;
+            if taken >= LOOP_CHECK_AFTER && seen_before(idx, table_len, taken) {
                 return Err(ChainError::TooLong);
             }
             budget -= 1;
@@ -293,7 +335,7 @@ impl Chain {
             } else if seen_write {
                 return Err(ChainError::ReadAfterWrite);
             }
-            self.push(mem, d.addr().0, d.len(), writable)?;
+            self.push(mem, &mut region, d.addr().0, d.len(), writable)?;
             if flags & F_NEXT == 0 {
                 return Ok(());
             }
@@ -301,9 +343,10 @@ impl Chain {
         }
     }
 
-    fn push(
+    fn push<'m>(
         &mut self,
-        mem: &GuestMem,
+        mem: &'m GuestMem,
+        region: &mut Option<&'m Region>,
         addr: u64,
         len: u32,
         writable: bool,
@@ -322,7 +365,12 @@ impl Chain {
         let mut cur = addr;
         let mut left = len as u64;
         while left > 0 {
-            let region = mem.find_region(GuestAddress(cur)).ok_or(oob)?;
+            let r = match *region {
+                Some(r) if cur >= r.start_addr().0 && cur - r.start_addr().0 < r.len() => r,
+                _ => mem.find_region(GuestAddress(cur)).ok_or(oob)?,
+            };
+            *region = Some(r);
+            let region = r;
             let off = cur - region.start_addr().0;
             let avail = region.len() - off;
             let n = left.min(avail);
@@ -483,5 +531,49 @@ mod tests {
             c.walk(&m, GuestAddress(0), 8, 8, true),
             Err(ChainError::BadIndex(8))
         );
+    }
+
+    #[test]
+    fn long_chains_and_late_loops() {
+        // A chain as long as its 64-entry table, in a scrambled order: accepted, whole.
+        let m = mem();
+        let order: Vec<u16> = (0..64u16).map(|i| (i * 37) % 64).collect();
+        for (k, &i) in order.iter().enumerate() {
+            let (flags, next) = match order.get(k + 1) {
+                Some(&n) => (F_NEXT, n),
+                None => (0, 0),
+            };
+            put(&m, 0, i, 0x2000 + u64::from(i) * 8, 8, flags, next);
+        }
+        let mut c = Chain::default();
+        c.walk(&m, GuestAddress(0), 64, order[0], true)
+            .expect("a chain of the table's size");
+        assert_eq!((c.segments().len(), c.readable_len()), (64, 512));
+        // The last one points back into the chain, past where the walk starts to note what
+        // it saw, and before it: too long either way, and the slot's next walk is clean.
+        for back in [40, 20, 3, 0] {
+            put(&m, 0, order[63], 0x2000, 8, F_NEXT, order[back]);
+            assert_eq!(
+                c.walk(&m, GuestAddress(0), 64, order[0], true),
+                Err(ChainError::TooLong)
+            );
+        }
+        put(&m, 0, order[63], 0x2000, 8, 0, 0);
+        c.walk(&m, GuestAddress(0), 64, order[0], true)
+            .expect("the chain again, ended");
+        assert_eq!(c.segments().len(), 64);
+        // In an indirect table too, and the same loop through a ring of 4.
+        for i in 0..32u16 {
+            put(&m, 0x4000, i, 0x1000, 8, F_NEXT, (i + 1) % 32);
+        }
+        put(&m, 0, 0, 0x4000, 32 * 16, F_INDIRECT, 0);
+        assert_eq!(
+            c.walk(&m, GuestAddress(0), 4, 0, true),
+            Err(ChainError::TooLong)
+        );
+        put(&m, 0x4000, 31, 0x1000, 8, 0, 0);
+        c.walk(&m, GuestAddress(0), 4, 0, true)
+            .expect("32-entry indirect chain");
+        assert_eq!(c.segments().len(), 32);
     }
 }

@@ -45,6 +45,9 @@ const MAX_FRAME: usize = 65550;
 
 struct Rig {
     mem: Arc<GuestMem>,
+    /// The queue's view of `mem`, made once (as a device's queues share one).
+    atomic: GuestMemoryAtomic<GuestMem>,
+    log: Arc<DirtyLog>,
     dev: Arc<NetDevice>,
     peer: File,
     /// The largest frame the "tap" takes: larger ones are refused (EMSGSIZE, before any
@@ -138,8 +141,11 @@ fn rig() -> &'static Rig {
             mem.write_slice(&words, GuestAddress(start))
                 .expect("buffer pattern");
         }
+        let mem = Arc::new(mem);
         Rig {
-            mem: Arc::new(mem),
+            atomic: GuestMemoryAtomic::from(mem.clone()),
+            log: DirtyLog::new(),
+            mem,
             dev,
             peer,
             limit,
@@ -253,6 +259,8 @@ impl DescTable {
 }
 
 thread_local! {
+    /// The transmit queue between inputs.
+    static QUEUE: std::cell::Cell<Option<QueueIo>> = const { std::cell::Cell::new(None) };
     /// Rings and tables, as laid out for one input.
     static IMAGE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; RINGS_END as usize]);
     /// The frames the device sent, and a chain's bytes as the oracle reads them.
@@ -318,18 +326,23 @@ fuzz_target!(|data: &[u8]| {
         event_idx: features & EVENT_IDX != 0,
         indirect: features & INDIRECT_DESC != 0,
     };
-    let shared = Arc::new(VringShared::default());
-    shared
-        .enabled
-        .store(true, std::sync::atomic::Ordering::Release);
-    let mut q = QueueIo::new(
-        &setup,
-        GuestMemoryAtomic::new((**mem).clone()),
-        None,
-        DirtyLog::new(),
-        shared,
-    )
-    .expect("queue");
+    // The queue is built once per process and put back in a queue start's state for every
+    // input (`QueueIo::reset`, which vu-core's tests hold to a fresh `QueueIo::new`):
+    // building and dropping 256 chain slots cost as much as a small input's chains.
+    let mut q = match QUEUE.take() {
+        Some(mut q) => {
+            q.reset(&setup).expect("queue reset");
+            q
+        }
+        None => {
+            let shared = Arc::new(VringShared::default());
+            shared
+                .enabled
+                .store(true, std::sync::atomic::Ordering::Release);
+            QueueIo::new(&setup, rig.atomic.clone(), None, rig.log.clone(), shared)
+                .expect("queue")
+        }
+    };
     SCRATCH.with_borrow_mut(|(frames, chain_bytes)| {
         frames.clear();
         // Each round sends what the socket takes; the frames are read between rounds.
@@ -403,4 +416,5 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(used.len() <= layout.avail.len());
     });
+    QUEUE.set(Some(q));
 });

@@ -78,6 +78,11 @@ impl NetTxInput {
     }
 }
 
+/// The most bytes `parse_net_tx` reads: the 4-byte header and `MAX_CHAINS` chains of 8
+/// descriptors (1 + 8 * 4 bytes each). Bytes after it are never read, so `.ci/fuzz.sh`
+/// gives libFuzzer this as `-max_len`.
+pub const MAX_NET_TX_INPUT: usize = 4 + MAX_CHAINS * 33;
+
 /// Reads a `net_tx` input; never fails.
 pub fn parse_net_tx(data: &[u8]) -> NetTxInput {
     let b = |i: usize| data.get(i).copied().unwrap_or(0);
@@ -300,5 +305,32 @@ mod tests {
         assert_eq!(parse_net_tx(&bytes), input);
         let _ = build(&parse_net_tx(&[0xff; 300]));
         let _ = build(&parse_net_tx(&[]));
+    }
+
+    #[test]
+    fn nothing_after_max_input_is_read() {
+        // Chains of 8 descriptors (ctl 7) all the way: every byte up to the maximum is read.
+        let mut longest = vec![7u8; MAX_NET_TX_INPUT];
+        let full = parse_net_tx(&longest);
+        assert_eq!(full.chains.len(), MAX_CHAINS);
+        *longest.last_mut().unwrap() = 8;
+        assert_ne!(parse_net_tx(&longest), full);
+        longest.extend_from_slice(&[0xff; 100]);
+        assert_eq!(parse_net_tx(&longest)
+            .chains
+            .len(), MAX_CHAINS);
+        assert_eq!(parse_net_tx(&longest), parse_net_tx(&longest[..MAX_NET_TX_INPUT]));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let data: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(parse_net_tx(&data), parse_net_tx(&data[..MAX_NET_TX_INPUT]));
+        }
     }
 }

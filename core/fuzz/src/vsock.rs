@@ -331,6 +331,12 @@ fn parse_step(kind: u8, data: &mut &[u8]) -> Step {
     }
 }
 
+/// The most bytes `parse_vsock` reads: a flags byte and `MAX_VSOCK_STEPS` packets with every
+/// raw field present (kind, addr, two u64 CIDs, two u32 ports, op, tyfl, u32 flags, lens,
+/// u32 len, u32 payload, credit, two u32 credits, layout: 51 bytes). Bytes after it are
+/// never read, so `.ci/fuzz.sh` gives libFuzzer this as `-max_len`.
+pub const MAX_VSOCK_INPUT: usize = 1 + MAX_VSOCK_STEPS * 51;
+
 /// Reads a `vsock_tx` input; never fails.
 pub fn parse_vsock(mut data: &[u8]) -> VsockInput {
     let flags = byte(&mut data);
@@ -525,6 +531,44 @@ mod tests {
             ],
         };
         assert_eq!(parse_vsock(&encode_vsock(&input)), input);
+    }
+
+    #[test]
+    fn nothing_after_max_input_is_read() {
+        // The longest steps: packets (kind 0) with every raw field, 51 bytes each.
+        let mut longest = vec![0u8];
+        while longest.len() < MAX_VSOCK_INPUT {
+            let at = longest.len();
+            longest.extend_from_slice(&[0u8; 51]);
+            // kind 0, addr (4 raw selectors), 8 + 8 + 4 + 4 raw, op, tyfl (raw flags),
+            // 4, lens (raw len and payload), 4 + 4, credit (2 raw), 4 + 4, layout.
+            longest[at + 1] = 0xff;
+            longest[at + 27] = 0x20;
+            longest[at + 32] = 0x1f;
+            longest[at + 41] = 0x0f;
+        }
+        assert_eq!(longest.len(), MAX_VSOCK_INPUT);
+        let full = parse_vsock(&longest);
+        assert_eq!(full.steps.len(), MAX_VSOCK_STEPS);
+        // Its last byte (the last packet's layout) is read; anything after it is not.
+        let mut changed = longest.clone();
+        *changed.last_mut().unwrap() = 9;
+        assert_ne!(parse_vsock(&changed), full);
+        longest.extend_from_slice(&[0xff; 100]);
+        assert_eq!(parse_vsock(&longest), full);
+        // Random inputs of libFuzzer's default maximum read as their prefix.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let data: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(parse_vsock(&data), parse_vsock(&data[..MAX_VSOCK_INPUT]));
+        }
     }
 
     #[test]
