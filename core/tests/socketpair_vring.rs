@@ -467,7 +467,10 @@ fn a_completion_before_the_call_fd_is_set_is_signalled_once_it_is() {
     h.fe.ok(req::SET_VRING_KICK, &u64_payload(0), &[kick.as_fd()]);
     let deadline = std::time::Instant::now() + TIMEOUT;
     while mem.used_idx() != 1 {
-        assert!(std::time::Instant::now() < deadline, "the request never completed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never completed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let call = eventfd();
