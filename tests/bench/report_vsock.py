@@ -172,7 +172,9 @@ def section(rows, meta):
       "posts them), TX packets of up to 64 KiB of payload, 256 KiB advertised per connection, "
       "credit updates after a quarter of it is consumed, EVENT_IDX. The host programs: a reader "
       "at `<uds-path>_9000` (to-host, churn) and a writer through `<uds-path>` with `CONNECT "
-      "9000` (from-host), 256 KiB per read or write. MiB/s is payload that arrived (read by the "
+      "9000` (from-host), 256 KiB per read or write (at light load the writer writes 64 KiB "
+      "bursts as the pace allows them, and the driver sends whole 64 KiB packets). MiB/s is "
+      "payload that arrived (read by the "
       "host program for to-host) in the measured window; server CPU is utime+stime of every "
       "process of the server's tree over the same window.\n")
 
