@@ -207,7 +207,7 @@ def fuzz_cell(k, fuzz):
         cells.append(f"{t} {execs:.2e} ({crashes})".replace("e+0", "e"))
         det.append(f"| {t} | {execs} | {r.get('average_exec_per_sec', '?')} | {r.get('seconds', '?')} | {crashes} |")
         if r.get("failed"):
-            det.append(f"\n{t} failed; reproduce with `cd core && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none {t} "
+            det.append(f"\n{t} failed; reproduce with `cd core && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --no-trace-compares {t} "
                        f"{' '.join(r.get('artifacts', [])) or 'fuzz/artifacts/' + t + '/<crash file>'}`:\n")
             det.append("```\n" + r.get("tail", "") + "\n```")
     det.append("")
@@ -246,7 +246,7 @@ def reproduce_section(m):
         " --seed S --out k.json` (the seed of each run is in its section; the guest console and launcher log of a"
         " failed run are printed to its log, `target/soak/kills-KIND.log`)",
         "- one fuzz target: `FUZZ_SECONDS=600 FUZZ_TARGETS=vsock_tx bash .ci/fuzz.sh`; a crash:"
-        " `cd core && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none TARGET fuzz/artifacts/TARGET/crash-...`",
+        " `cd core && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none --no-trace-compares TARGET fuzz/artifacts/TARGET/crash-...`",
         "- the logs of this run: `target/soak/` (build, kills, hostile tests, fuzz, audits)",
         "",
     ])
