@@ -4,31 +4,17 @@
 
 mod common;
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::vsock::{host_line, host_read, host_write, pattern, Guest, Stream, HOST};
+use common::vsock::{host_read, host_write, pattern, Guest, Hybrid, Stream};
 use tempfile::TempDir;
 use vu_devices::vsock::packet::op;
-use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 fn setup(tx_buffer_size: u32) -> (Guest, UnixStream, Stream, TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    cfg.tx_buffer_size = tx_buffer_size;
-    let dev = VsockDevice::new(cfg).expect("device");
-    let mut g = Guest::new(dev, 2);
-    let mut host = UnixStream::connect(&path).expect("connect");
-    host_write(&mut host, b"CONNECT 77\n");
-    let req = g.recv();
-    let mut st = Stream::new(77, HOST, req.h.src_port, 256 * 1024);
-    st.absorb(&req.h);
-    let h = st.header(&g, op::RESPONSE);
-    g.send1(h, &[]);
-    host_line(&mut host).expect("OK");
-    (g, host, st, dir)
+    let mut s = Hybrid::start_with(|cfg| cfg.tx_buffer_size = tx_buffer_size);
+    let (host, st) = s.connect(77);
+    (s.g, host, st, s.dir)
 }
 
 /// Sends from `data[*off..]` while the device grants credit; returns when it has sent

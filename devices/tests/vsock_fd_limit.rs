@@ -5,14 +5,13 @@
 mod common;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use common::vsock::Guest;
+use common::stat_ticks;
+use common::vsock::Hybrid;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vu_devices::vsock::packet::op;
-use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 /// The RX queue thread's stat file, opened ahead (reading it later needs no descriptor). The
 /// worker names itself once it runs: wait for it.
@@ -41,15 +40,7 @@ fn ticks(stat: &std::fs::File) -> u64 {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 1024];
     let n = stat.read_at(&mut buf, 0).expect("read stat");
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let rest = text.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(14) + get(15)
+    stat_ticks(&String::from_utf8_lossy(&buf[..n]))
 }
 
 fn open_fds() -> u64 {
@@ -58,12 +49,11 @@ fn open_fds() -> u64 {
 
 #[test]
 fn running_out_of_descriptors_does_not_spin_and_recovers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    let mut g = Guest::new(dev, 2);
+    let Hybrid {
+        mut g,
+        path,
+        dir: _dir,
+    } = Hybrid::start();
     let clients: Vec<OwnedFd> = (0..8)
         .map(|_| {
             socket(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::vsock::{host_read, host_write, pattern, Guest, Stream, HOST};
+use common::vsock::{host_read, host_write, no_packet, pattern, Guest, Stream, HOST};
 use tempfile::TempDir;
 use vu_devices::vsock::broker::{broker_pair, BrokerServer};
 use vu_devices::vsock::packet::{op, SHUTDOWN_RCV, SHUTDOWN_SEND};
@@ -61,10 +61,6 @@ fn connect(s: &mut Setup, l: &UnixListener, local: u32, port: u32) -> (UnixStrea
     st.absorb(&p.h);
     let (host, _) = l.accept().expect("accept");
     (host, st)
-}
-
-fn no_packet(p: common::vsock::Pkt) {
-    panic!("unexpected packet {:?}", p.h);
 }
 
 #[test]

@@ -6,67 +6,29 @@ mod common;
 
 use std::io::Read;
 use std::net::Shutdown;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::vsock::{host_line, host_read, host_write, pattern, Guest, Stream, HOST};
-use tempfile::TempDir;
+use common::vsock::{host_line, host_read, host_write, no_packet, pattern, Hybrid, Stream, HOST};
 use vu_devices::vsock::packet::{op, SHUTDOWN_RCV, SHUTDOWN_SEND};
-use vu_devices::vsock::{VsockConfig, VsockDevice};
-
-struct Setup {
-    g: Guest,
-    path: PathBuf,
-    _dir: TempDir,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    Setup {
-        g: Guest::new(dev, 2),
-        path,
-        _dir: dir,
-    }
-}
 
 /// A host program connects for guest port `port`; returns its stream and the guest-side
 /// stream once the guest accepted.
-fn connect(s: &mut Setup, port: u32) -> (UnixStream, Stream) {
-    let mut host = UnixStream::connect(&s.path).expect("connect");
-    host_write(&mut host, format!("CONNECT {port}\n").as_bytes());
-    let req = s.g.recv();
-    assert_eq!(req.h.op, op::REQUEST);
-    assert_eq!(
-        (req.h.src_cid, req.h.dst_cid, req.h.dst_port),
-        (HOST, 3, port)
-    );
+fn connect(s: &mut Hybrid, port: u32) -> (UnixStream, Stream) {
+    let (host, st, req) = s.connect_with_request(port);
+    assert_eq!((req.src_cid, req.dst_cid, req.dst_port), (HOST, 3, port));
     assert!(
-        (1 << 30..1 << 31).contains(&req.h.src_port),
+        (1 << 30..1 << 31).contains(&req.src_port),
         "host port {}",
-        req.h.src_port
+        req.src_port
     );
-    assert_eq!(req.h.buf_alloc, 64 * 1024);
-    let mut st = Stream::new(port, HOST, req.h.src_port, 256 * 1024);
-    st.absorb(&req.h);
-    let h = st.header(&s.g, op::RESPONSE);
-    s.g.send1(h, &[]);
-    let ok = host_line(&mut host).expect("OK line");
-    assert_eq!(ok, format!("OK {}", req.h.src_port));
+    assert_eq!(req.buf_alloc, 64 * 1024);
     (host, st)
-}
-
-fn no_packet(p: common::vsock::Pkt) {
-    panic!("unexpected packet {:?}", p.h);
 }
 
 #[test]
 fn host_program_talks_to_a_guest_listener_both_ways() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     let (mut host, mut st) = connect(&mut s, 1234);
 
     // Host to guest: 256 KiB written by a host thread, read by the guest in 4 KiB buffers
@@ -127,7 +89,7 @@ fn host_program_talks_to_a_guest_listener_both_ways() {
 
 #[test]
 fn guest_half_close_reaches_the_host_and_data_still_flows_back() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     let (mut host, mut st) = connect(&mut s, 7);
     st.write_all(&mut s.g, b"request", |_, p| no_packet(p));
     let mut h = st.header(&s.g, op::SHUTDOWN);
@@ -155,7 +117,7 @@ fn guest_half_close_reaches_the_host_and_data_still_flows_back() {
 
 #[test]
 fn data_sent_with_the_connect_line_waits_for_the_guest() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     let mut host = UnixStream::connect(&s.path).expect("connect");
     host_write(&mut host, b"connect 99\nearly bytes");
     let req = s.g.recv();
@@ -173,7 +135,7 @@ fn data_sent_with_the_connect_line_waits_for_the_guest() {
 
 #[test]
 fn nothing_listening_in_the_guest_closes_the_host_stream() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     let mut host = UnixStream::connect(&s.path).expect("connect");
     host_write(&mut host, b"CONNECT 4000\n");
     let req = s.g.recv();
@@ -188,7 +150,7 @@ fn nothing_listening_in_the_guest_closes_the_host_stream() {
 
 #[test]
 fn malformed_connect_lines_close_the_stream() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     for bad in [
         &b"HELLO 5\n"[..],
         b"CONNECT\n",
@@ -215,7 +177,7 @@ fn malformed_connect_lines_close_the_stream() {
 
 #[test]
 fn silent_host_programs_and_unanswered_requests_time_out() {
-    let mut s = setup();
+    let mut s = Hybrid::start();
     let mut silent = UnixStream::connect(&s.path).expect("connect");
     let mut partial = UnixStream::connect(&s.path).expect("connect");
     host_write(&mut partial, b"CONN");

@@ -5,20 +5,16 @@
 
 mod common;
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::vsock::{host_line, host_write, Guest, Stream, HOST};
+use common::vsock::{host_line, host_write, Guest, Hybrid, Stream, HOST};
 use tempfile::TempDir;
 use vu_devices::vsock::packet::{op, ty};
-use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 fn setup() -> (Guest, TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(dir.path().join("v.sock")).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    (Guest::new(dev, 2), dir)
+    let s = Hybrid::start();
+    (s.g, s.dir)
 }
 
 /// Proves the device still serves: a host program reaches a guest listener.

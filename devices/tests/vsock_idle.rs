@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::vsock::{host_line, host_write, pattern, Guest, Stream, HOST, RX_POSTED};
+use common::stat_ticks;
+use common::vsock::{host_line, host_write, pattern, Hybrid, Stream, HOST, RX_POSTED};
 use vu_devices::vsock::packet::op;
-use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 /// CPU ticks (user + system) used so far by the thread named `name` (there is one).
 fn ticks(name: &str) -> u64 {
@@ -23,16 +23,7 @@ fn ticks(name: &str) -> u64 {
         if comm.trim() != name {
             continue;
         }
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let get = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += get(14) + get(15);
+        total += stat_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
         found += 1;
     }
     assert_eq!(found, 1, "one thread named {name}");
@@ -51,12 +42,11 @@ fn idle_for_a_second() {
 
 #[test]
 fn no_spinning_without_receive_buffers_or_credit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    let mut g = Guest::new(dev, 2);
+    let Hybrid {
+        mut g,
+        path,
+        dir: _dir,
+    } = Hybrid::start();
     let mut host = UnixStream::connect(&path).expect("connect");
     host_write(&mut host, b"CONNECT 5\n");
     let req = g.recv();

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-use common::vsock::{host_line, host_read, host_write, pattern, Guest, Stream, HOST};
+use common::vsock::{host_line, host_read, host_write, pattern, Guest, Hybrid, Stream, HOST};
 use vu_devices::vsock::broker::{broker_pair, BrokerServer};
 use vu_devices::vsock::packet::op;
 use vu_devices::vsock::{VsockConfig, VsockDevice};
@@ -44,12 +44,11 @@ fn collect(g: &mut Guest, streams: &mut HashMap<u32, Stream>) -> HashMap<u32, Ve
 
 #[test]
 fn hundreds_of_host_programs_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    let mut g = Guest::new(dev, 2);
+    let Hybrid {
+        mut g,
+        path,
+        dir: _dir,
+    } = Hybrid::start();
 
     let mut hosts: Vec<UnixStream> = (0..N)
         .map(|i| {

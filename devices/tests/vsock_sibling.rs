@@ -8,17 +8,13 @@ mod common;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use common::vsock::{pattern, Guest, Stream};
+use common::vsock::{no_packet, pattern, Guest, Stream};
 use vu_devices::vsock::broker::{broker_pair, link_pair, BrokerServer};
 use vu_devices::vsock::packet::{op, ty, Header, HEADER_LEN};
 use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 fn device(cid: u64) -> std::sync::Arc<VsockDevice> {
     VsockDevice::new(VsockConfig::new(cid)).expect("device")
-}
-
-fn no_packet(p: common::vsock::Pkt) {
-    panic!("unexpected packet {:?}", p.h);
 }
 
 #[test]

@@ -5,32 +5,18 @@
 
 mod common;
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::vsock::{host_line, host_write, pattern, Guest, Stream, HOST};
+use common::vsock::{host_write, pattern, Guest, Hybrid, Stream};
 use vu_devices::vsock::packet::op;
-use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 const TOTAL: usize = 64 << 20;
 
 fn setup() -> (Guest, UnixStream, Stream, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    cfg.tx_buffer_size = 256 * 1024;
-    let dev = VsockDevice::new(cfg).expect("device");
-    let mut g = Guest::new(dev, 2);
-    let mut host = UnixStream::connect(&path).expect("connect");
-    host_write(&mut host, b"CONNECT 5\n");
-    let req = g.recv();
-    let mut st = Stream::new(5, HOST, req.h.src_port, 256 * 1024);
-    st.absorb(&req.h);
-    let h = st.header(&g, op::RESPONSE);
-    g.send1(h, &[]);
-    host_line(&mut host).expect("OK");
-    (g, host, st, dir)
+    let mut s = Hybrid::start_with(|cfg| cfg.tx_buffer_size = 256 * 1024);
+    let (host, st) = s.connect(5);
+    (s.g, host, st, s.dir)
 }
 
 #[test]

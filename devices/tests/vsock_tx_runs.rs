@@ -6,50 +6,10 @@
 mod common;
 
 use std::io::Read;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::vsock::{host_line, host_read, host_write, pattern, Guest, Stream, HOST};
-use tempfile::TempDir;
+use common::vsock::{host_read, pattern, Guest, Hybrid, Stream};
 use vu_devices::vsock::packet::{op, Header, SHUTDOWN_SEND};
-use vu_devices::vsock::{VsockConfig, VsockDevice};
-
-struct Setup {
-    g: Guest,
-    path: PathBuf,
-    _dir: TempDir,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v.sock");
-    let mut cfg = VsockConfig::new(3);
-    cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
-    let dev = VsockDevice::new(cfg).expect("device");
-    Setup {
-        g: Guest::new(dev, 2),
-        path,
-        _dir: dir,
-    }
-}
-
-/// A host program connected to guest port `port`, accepted by the guest.
-fn connect(s: &mut Setup, port: u32) -> (UnixStream, Stream) {
-    let mut host = UnixStream::connect(&s.path).expect("connect");
-    host_write(&mut host, format!("CONNECT {port}\n").as_bytes());
-    let req = s.g.recv();
-    assert_eq!((req.h.op, req.h.dst_port), (op::REQUEST, port));
-    let mut st = Stream::new(port, HOST, req.h.src_port, 256 * 1024);
-    st.absorb(&req.h);
-    let h = st.header(&s.g, op::RESPONSE);
-    s.g.send1(h, &[]);
-    assert_eq!(
-        host_line(&mut host).expect("OK line"),
-        format!("OK {}", req.h.src_port)
-    );
-    (host, st)
-}
 
 /// An RW header of `st` for `len` bytes (counted as sent).
 fn rw(st: &mut Stream, g: &Guest, len: usize) -> Header {
@@ -61,9 +21,9 @@ fn rw(st: &mut Stream, g: &Guest, len: usize) -> Header {
 
 #[test]
 fn packets_of_one_kick_reach_each_host_stream_in_order() {
-    let mut s = setup();
-    let (mut a, mut sa) = connect(&mut s, 1000);
-    let (mut b, mut sb) = connect(&mut s, 1001);
+    let mut s = Hybrid::start();
+    let (mut a, mut sa) = s.connect(1000);
+    let (mut b, mut sb) = s.connect(1001);
     let da = pattern(3 * 8192, 1);
     let db = pattern(2 * 4096, 2);
     let mut shut = sa.header(&s.g, op::SHUTDOWN);
@@ -93,8 +53,8 @@ fn packets_of_one_kick_reach_each_host_stream_in_order() {
 
 #[test]
 fn a_run_the_host_takes_in_part_is_buffered_and_arrives_whole() {
-    let mut s = setup();
-    let (mut host, mut st) = connect(&mut s, 2000);
+    let mut s = Hybrid::start();
+    let (mut host, mut st) = s.connect(2000);
     // More than the host socket holds plus the device's 64 KiB buffer: the host reads
     // nothing for a while, so that runs meet a full stream and wait in the buffer.
     let data = pattern(2 * 1024 * 1024 + 123, 3);

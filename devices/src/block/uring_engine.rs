@@ -24,7 +24,6 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
 use vu_core::{Chain, Progress, QueueHandler, QueueIo};
 
@@ -35,6 +34,7 @@ use super::request::{
     build_iovecs, classify, direct_ok, execute_sync, finish, publish_early, Action, OFFLOAD_BYTES,
     S_IOERR, S_OK,
 };
+use crate::uring_restricted::{RestrictedRing, Taskrun};
 
 /// Ring size cap, whatever the queue size.
 const MAX_ENTRIES: u32 = 4096;
@@ -126,45 +126,29 @@ impl UringHandler {
         let entries = u32::from(queue_size)
             .clamp(2, MAX_ENTRIES)
             .next_power_of_two();
-        // The ring starts disabled, gets the image file (fixed file 0), then
-        // is restricted before it is enabled: only the three operations the block path
-        // submits, each with FIXED_FILE set (required) and IO_DRAIN and ASYNC as the only
-        // other flags.
-        // io_uring operations bypass seccomp, so a compromised device must not be able to
-        // open files, create sockets or connect through its ring, nor read or write any other
-        // file descriptor it holds (the vhost-user socket, guest memory, its eventfds): the
-        // registered image is the only file its SQEs can name. Once the ring is enabled, its
-        // restrictions refuse every io_uring_register operation too (none is allowed), so the
-        // file must be registered before. Fixed files also save a file lookup and reference
-        // count (fget/fput) per request.
+        // Locked down before it is enabled (`uring_restricted.rs`): the image is fixed file
+        // 0 and the only file its SQEs can name, and only the three operations the block path
+        // submits are taken, with IO_DRAIN and ASYNC the only flags besides FIXED_FILE. A
+        // compromised device cannot open files, create sockets or connect through its ring,
+        // nor read or write any other descriptor it holds (the vhost-user socket, guest
+        // memory, its eventfds).
         //
         // COOP_TASKRUN: a completion from an io-wq thread or an interrupt no longer sends an
-        // IPI to interrupt this thread while it runs; it is posted at our next system call
-        // (a sleeping thread is still woken). TASKRUN_FLAG marks such pending completions in
-        // the SQ flags, which `poll` checks while the worker busy-polls. Older kernels refuse
-        // the flags (EINVAL): plain ring then.
-        let ring: IoUring = match IoUring::builder()
-            .setup_r_disabled()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-        {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                IoUring::builder().setup_r_disabled().build(entries)?
-            }
-            Err(e) => return Err(e),
-        };
-        let submitter = ring.submitter();
-        submitter.register_files(&[disk.file.as_raw_fd()])?;
-        submitter.register_restrictions(&mut [
-            Restriction::sqe_op(opcode::Readv::CODE),
-            Restriction::sqe_op(opcode::Writev::CODE),
-            Restriction::sqe_op(opcode::Fsync::CODE),
-            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
-            Restriction::sqe_flags_allowed((squeue::Flags::IO_DRAIN | squeue::Flags::ASYNC).bits()),
-        ])?;
-        submitter.register_enable_rings()?;
+        // IPI to interrupt this thread while it runs; it is posted at our next system call.
+        // TASKRUN_FLAG marks such pending completions in the SQ flags, which `poll` checks
+        // while the worker busy-polls.
+        let ring = RestrictedRing {
+            entries,
+            taskrun: Taskrun::CoopFlagged,
+            files: &[disk.file.as_raw_fd()],
+            opcodes: &[
+                opcode::Readv::CODE,
+                opcode::Writev::CODE,
+                opcode::Fsync::CODE,
+            ],
+            other_flags: squeue::Flags::IO_DRAIN | squeue::Flags::ASYNC,
+        }
+        .build()?;
         let max_in_flight = ring.params().sq_entries() as usize;
         let cq = ring.params().cq_entries() as usize;
         Ok(UringHandler {

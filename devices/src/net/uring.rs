@@ -15,10 +15,10 @@
 
 use std::io;
 
-use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::backend::{IoVecs, TapFd};
+use crate::uring_restricted::{RestrictedRing, Taskrun};
 
 /// A result slot no CQE filled (the batch was cut short: the frame was not tried).
 pub(crate) const NOT_TRIED: i32 = i32::MIN;
@@ -38,26 +38,16 @@ impl TapRing {
     /// A ring of `entries` (a power of two) for batches of at most that many frames, on `tap`.
     pub(crate) fn new(tap: &TapFd, entries: u32) -> io::Result<Self> {
         // COOP_TASKRUN: completions are all posted inline, no interrupt of this thread is ever
-        // needed; older kernels refuse the flag (EINVAL): plain ring then.
-        let ring: IoUring = match IoUring::builder()
-            .setup_r_disabled()
-            .setup_coop_taskrun()
-            .build(entries)
-        {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                IoUring::builder().setup_r_disabled().build(entries)?
-            }
-            Err(e) => return Err(e),
-        };
-        let submitter = ring.submitter();
-        submitter.register_files(&[tap.raw()])?;
-        submitter.register_restrictions(&mut [
-            Restriction::sqe_op(opcode::Writev::CODE),
-            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
-            Restriction::sqe_flags_allowed(0),
-        ])?;
-        submitter.register_enable_rings()?;
+        // needed. The tap is fixed file 0; writev is the only operation, with no flag but
+        // FIXED_FILE (`uring_restricted.rs`).
+        let ring = RestrictedRing {
+            entries,
+            taskrun: Taskrun::Coop,
+            files: &[tap.raw()],
+            opcodes: &[opcode::Writev::CODE],
+            other_flags: squeue::Flags::empty(),
+        }
+        .build()?;
         Ok(TapRing { ring })
     }
 

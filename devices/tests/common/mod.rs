@@ -680,14 +680,20 @@ pub fn thread_activity(name: &str) -> (u64, u64) {
                     .unwrap_or(0);
             }
         }
-        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
-        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
-            for i in [11, 12] {
-                ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            }
-        }
+        ticks += stat_ticks(&std::fs::read_to_string(p.join("stat")).unwrap_or_default());
     }
     (switches, ticks)
+}
+
+/// CPU time in clock ticks (user + system) from the text of a thread's `stat` file; 0 for
+/// fields that do not parse.
+pub fn stat_ticks(stat: &str) -> u64 {
+    // The name is in parentheses and may hold any, so the fields start after the last ')'.
+    // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    [11, 12]
+        .iter()
+        .map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .sum()
 }

@@ -4,12 +4,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
 use vu_devices::vsock::packet::{op, ty, Header, HEADER_LEN, HOST_CID};
-use vu_devices::vsock::VsockDevice;
+use vu_devices::vsock::{VsockConfig, VsockDevice};
 
 use super::Frontend;
 
@@ -392,3 +394,63 @@ pub fn host_write(s: &mut UnixStream, data: &[u8]) {
 
 /// The host CID, for headers.
 pub const HOST: u64 = HOST_CID;
+
+/// For streams on which any packet but data and credit is a test failure.
+pub fn no_packet(p: Pkt) {
+    panic!("unexpected packet {:?}", p.h);
+}
+
+/// Hybrid vsock: a device for guest CID 3 whose host programs connect to its `--uds-path`
+/// listener at `path` (in a temporary directory), driven by a test guest with two queues.
+pub struct Hybrid {
+    pub g: Guest,
+    pub path: PathBuf,
+    /// Holds `path`.
+    pub dir: TempDir,
+}
+
+impl Hybrid {
+    /// The device, configured as `VsockConfig::new(3)` but for the listener.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// The device, its configuration adjusted by `tweak` (the listener is set already).
+    pub fn start_with(tweak: impl FnOnce(&mut VsockConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.sock");
+        let mut cfg = VsockConfig::new(3);
+        cfg.listener = Some(UnixListener::bind(&path).expect("bind"));
+        tweak(&mut cfg);
+        let dev = VsockDevice::new(cfg).expect("device");
+        Hybrid {
+            g: Guest::new(dev, 2),
+            path,
+            dir,
+        }
+    }
+
+    /// A host program connected to guest port `port`, accepted by the guest with a 256 KiB
+    /// receive buffer: the host's stream and the guest's.
+    pub fn connect(&mut self, port: u32) -> (UnixStream, Stream) {
+        let (host, st, _) = self.connect_with_request(port);
+        (host, st)
+    }
+
+    /// As `connect`, also returning the header of the REQUEST the guest received.
+    pub fn connect_with_request(&mut self, port: u32) -> (UnixStream, Stream, Header) {
+        let mut host = UnixStream::connect(&self.path).expect("connect");
+        host_write(&mut host, format!("CONNECT {port}\n").as_bytes());
+        let req = self.g.recv();
+        assert_eq!((req.h.op, req.h.dst_port), (op::REQUEST, port));
+        let mut st = Stream::new(port, HOST, req.h.src_port, 256 * 1024);
+        st.absorb(&req.h);
+        let h = st.header(&self.g, op::RESPONSE);
+        self.g.send1(h, &[]);
+        assert_eq!(
+            host_line(&mut host).expect("OK line"),
+            format!("OK {}", req.h.src_port)
+        );
+        (host, st, req.h)
+    }
+}
