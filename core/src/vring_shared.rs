@@ -32,6 +32,8 @@ pub struct QueueStats {
 pub struct VringShared {
     /// Where to signal used buffers; swapped on SET_VRING_CALL while running.
     pub call: Mutex<Option<EventFd>>,
+    /// The call eventfd was signalled since it was set (`replace_call`).
+    call_signalled: AtomicBool,
     /// Where to signal errors (SET_VRING_ERR).
     pub err: Mutex<Option<EventFd>>,
     /// SET_VRING_ENABLE.
@@ -52,6 +54,7 @@ impl Default for VringShared {
     fn default() -> Self {
         VringShared {
             call: Mutex::new(None),
+            call_signalled: AtomicBool::new(false),
             err: Mutex::new(None),
             enabled: AtomicBool::new(false),
             stats: QueueStats::default(),
@@ -67,12 +70,33 @@ impl VringShared {
     /// Signals the call eventfd, if there is one (returns whether there was).
     pub(crate) fn signal_call(&self) -> bool {
         let guard = self.call.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = guard.as_ref() {
-            let _ = fd.write(1);
-            self.stats.notifications.fetch_add(1, Ordering::Relaxed);
-            return true;
+        self.signal(&guard)
+    }
+
+    /// Signals `call` (the locked call eventfd), if there is one.
+    fn signal(&self, call: &Option<EventFd>) -> bool {
+        let Some(fd) = call.as_ref() else {
+            return false;
+        };
+        let _ = fd.write(1);
+        self.call_signalled.store(true, Ordering::Relaxed);
+        self.stats.notifications.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Sets the call eventfd (SET_VRING_CALL). If the one it replaces was signalled, the new
+    /// one is signalled once too: the front-end need not read the old one any more. QEMU
+    /// gives each ring its masked notifier first, which it reads only while it masks guest
+    /// notifiers, and the real eventfd after the kick that starts the ring, so a queue's
+    /// first completions, signalled in between, would otherwise go untold for good (a guest
+    /// stalled after a device respawn). A driver takes a spurious notification as a look at
+    /// an unchanged used ring.
+    pub(crate) fn replace_call(&self, fd: Option<EventFd>) {
+        let mut guard = self.call.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = fd;
+        if self.call_signalled.swap(false, Ordering::Relaxed) {
+            self.signal(&guard);
         }
-        false
     }
 
     pub(crate) fn signal_err(&self) {

@@ -450,6 +450,39 @@ fn set_vring_addr_before_set_vring_num_still_starts() {
 }
 
 #[test]
+fn a_call_eventfd_replaced_on_a_running_queue_is_signalled() {
+    // QEMU's first call eventfd for a ring is its masked notifier, which it stops reading
+    // when it sets the real one after the kick: a completion signalled on the first must be
+    // told again on the second, or the driver never hears of it (seen as a stalled guest
+    // after a device respawn on QEMU 10).
+    let h = Harness::new();
+    h.negotiate_all();
+    let mem = with_memory(&h);
+    mem.set_desc(0, READ_BUF_GPA, 16, DESC_F_NEXT, 1);
+    mem.set_desc(1, WRITE_BUF_GPA, 512, DESC_F_WRITE, 0);
+    mem.offer(0, 0, 1);
+    let masked = eventfd();
+    h.fe.ok(req::SET_VRING_CALL, &u64_payload(0), &[masked.as_fd()]);
+    h.fe.ok(req::SET_VRING_NUM, &vring_state(0, RING_SIZE as u32), &[]);
+    h.fe.ok(req::SET_VRING_BASE, &vring_state(0, 0), &[]);
+    h.fe.ok(req::SET_VRING_ADDR, &addr(0, 0), &[]);
+    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(0, 1), &[]);
+    let kick = eventfd();
+    h.fe.ok(req::SET_VRING_KICK, &u64_payload(0), &[kick.as_fd()]);
+    assert!(
+        wait_readable(masked.as_fd(), TIMEOUT),
+        "the completion was not signalled on the first eventfd"
+    );
+    assert_eq!(mem.used_idx(), 1);
+    let call = eventfd();
+    h.fe.ok(req::SET_VRING_CALL, &u64_payload(0), &[call.as_fd()]);
+    assert!(
+        wait_readable(call.as_fd(), TIMEOUT),
+        "the eventfd that replaced a signalled one was never signalled"
+    );
+}
+
+#[test]
 fn a_completion_before_the_call_fd_is_set_is_signalled_once_it_is() {
     // QEMU sets a ring's call eventfd after the kick that starts it: a request already in
     // the ring completes on that first run, when there is no eventfd to tell.

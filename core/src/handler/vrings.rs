@@ -142,11 +142,7 @@ impl Handler {
         let fd = fds.into_iter().next().map(eventfd_from);
         match request {
             Request::SetVringCall => {
-                *self.vrings[i]
-                    .shared
-                    .call
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = fd;
+                self.vrings[i].shared.replace_call(fd);
                 // A running queue may owe the driver a notification it had no eventfd for.
                 if let Some(w) = self.vrings[i].worker.as_mut() {
                     w.poke();
