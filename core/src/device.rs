@@ -162,6 +162,13 @@ pub trait VhostUserDevice: Send + Sync + 'static {
     /// A queue starts: return the handler its worker will drive.
     fn start_queue(&self, index: usize) -> Result<Box<dyn QueueHandler>, DeviceError>;
 
+    /// The worker thread queue `index` runs on: `None` (the default) for a thread of its
+    /// own; queues for which the device names the same group share one thread (one epoll set,
+    /// one wake-up for work they hand each other). Grouped handlers' event fds must differ.
+    fn worker_group(&self, _index: usize) -> Option<usize> {
+        None
+    }
+
     /// A queue stopped; its handler has been drained and dropped.
     fn stop_queue(&self, _index: usize) {}
 

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod snapshot;
 pub mod vring;
 mod vring_shared;
+pub mod waker;
 pub mod worker;
 
 pub use backend_server::{bind_socket, BackendServer, ConnectionEnd};
@@ -30,3 +31,4 @@ pub use device::{DeviceError, Interest, Progress, QueueHandler, VhostUserDevice}
 pub use memory::GuestMem;
 pub use metrics::{Metric, MetricType, Unit};
 pub use vring::QueueIo;
+pub use waker::QueueWaker;

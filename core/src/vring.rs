@@ -1,5 +1,5 @@
 //! Virtqueues: the per-queue runtime a device sees (`QueueIo`): ring access, descriptor chains
-//! taken and completed, notifications. The thread that drives it is in `worker.rs`; what it
+//! taken and completed, notifications. The thread that drives it is in `worker/`; what it
 //! shares with the connection thread is in `vring_shared.rs`.
 
 use std::collections::VecDeque;
@@ -15,6 +15,7 @@ use crate::device::Interest;
 use crate::dirty_log::DirtyLog;
 use crate::inflight::InflightQueue;
 use crate::memory::{host_span, GuestMem, GuestMemAtomic};
+use crate::waker::QueueWaker;
 use crate::warn_ratelimited;
 
 pub use crate::vring_shared::{QueueStats, VringShared};
@@ -110,6 +111,8 @@ pub struct QueueIo {
     pub(crate) interest_changes: Vec<(usize, Interest)>,
     /// `request_process` was called since the worker last ran `process`.
     pub(crate) process_requested: bool,
+    /// Asks the worker for a `process` (`waker`).
+    pub(crate) waker: QueueWaker,
     /// Signal the driver once when the queue first runs enabled: see `notify_resumed`.
     notify_on_start: bool,
 }
@@ -244,6 +247,7 @@ impl QueueIo {
             log,
             shared,
             interest_changes: Vec::new(),
+            waker: QueueWaker::default(),
             process_requested: false,
             notify_on_start: false,
         };
@@ -514,6 +518,12 @@ impl QueueIo {
         }
         self.avail_idx()
             .is_some_and(|idx| idx != self.queue.next_avail())
+    }
+
+    /// A handle that asks the worker for a `process` of this queue, from the handler of
+    /// another queue of its group or from another thread (see [`QueueWaker`]).
+    pub fn waker(&self) -> QueueWaker {
+        self.waker.clone()
     }
 
     /// Reads the next head index the driver made available, if any. Any guest address is a

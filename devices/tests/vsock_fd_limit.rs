@@ -13,7 +13,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vu_devices::vsock::packet::op;
 
-/// The RX queue thread's stat file, opened ahead (reading it later needs no descriptor). The
+/// The queue thread's stat file (the device's queues share one, `vsock-g0`), opened ahead (reading it later needs no descriptor). The
 /// worker names itself once it runs: wait for it.
 fn rx_thread_stat() -> std::fs::File {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -23,13 +23,13 @@ fn rx_thread_stat() -> std::fs::File {
             .flatten()
         {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() == "vsock-q0" {
+            if comm.trim() == "vsock-g0" {
                 return std::fs::File::open(t.path().join("stat")).expect("stat");
             }
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no vsock-q0 thread after 30 s"
+            "no vsock-g0 thread after 30 s"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -81,7 +81,7 @@ fn running_out_of_descriptors_does_not_spin_and_recovers() {
     setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("restore limit");
     assert!(
         used <= 10,
-        "the RX thread used {used} ticks in a second while it could not accept"
+        "the queue thread used {used} ticks in a second while it could not accept"
     );
 
     // Descriptors again: the waiting programs are accepted and heard.

@@ -21,7 +21,7 @@ mod memory_table;
 mod vrings;
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +33,7 @@ use crate::inflight::InflightArea;
 use crate::memory::{MemoryMap, MAX_MEM_SLOTS};
 use crate::message::features as virtio;
 use crate::message::*;
+use crate::worker::WorkerGroup;
 
 use checks::{inflight_body, one_fd, read, Rule};
 use vrings::VringConfig;
@@ -103,6 +104,8 @@ pub struct Handler {
     poll_us: u32,
     /// Queues run on the caller's thread (`set_inline_queues`).
     inline_queues: bool,
+    /// The worker threads of the device's queue groups, while a queue of theirs runs.
+    groups: Vec<(usize, Weak<WorkerGroup>)>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -138,6 +141,7 @@ impl Handler {
             asleep: false,
             poll_us: 0,
             inline_queues: false,
+            groups: Vec::new(),
         }
     }
 

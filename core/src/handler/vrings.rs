@@ -15,7 +15,7 @@ use super::{eventfd_from, Handler, HandlerError, Reply};
 use crate::message::{features, Request, VringAddr, VringState, MAX_QUEUE_SIZE, VRING_F_LOG};
 use crate::queue_runner::{InlineQueue, QueueRunner};
 use crate::vring::{QueueIo, QueueSetup, VringShared};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerGroup};
 
 /// What the front-end configured for one vring, and its worker while it runs.
 #[derive(Debug, Default)]
@@ -254,13 +254,11 @@ impl Handler {
         let worker = if self.inline_queues {
             QueueRunner::Inline(Box::new(InlineQueue::start(io, handler, self.asleep)))
         } else {
-            let mut w = QueueRunner::Thread(Worker::spawn(
-                io,
-                handler,
-                kick,
-                self.device.name(),
-                self.poll_us,
-            )?);
+            let worker = match self.device.worker_group(i) {
+                None => Worker::spawn(io, handler, kick, self.device.name(), self.poll_us)?,
+                Some(g) => Worker::spawn_in(&self.worker_group(g)?, io, handler, kick)?,
+            };
+            let mut w = QueueRunner::Thread(worker);
             if self.asleep {
                 w.sleep();
             }
@@ -270,6 +268,18 @@ impl Handler {
         self.vrings[i].worker = Some(worker);
         self.vrings[i].started_before = true;
         Ok(())
+    }
+
+    /// The thread of the device's queue group `g`: the running one, or a new one.
+    fn worker_group(&mut self, g: usize) -> Result<Arc<WorkerGroup>, HandlerError> {
+        self.groups.retain(|(_, w)| w.strong_count() > 0);
+        let running = self.groups.iter().find(|(n, _)| *n == g);
+        if let Some(t) = running.and_then(|(_, w)| w.upgrade()) {
+            return Ok(t);
+        }
+        let t = WorkerGroup::spawn(format!("{}-g{g}", self.device.name()), self.poll_us)?;
+        self.groups.push((g, Arc::downgrade(&t)));
+        Ok(t)
     }
 
     /// Stops ring `i`'s worker, if it runs, and keeps where it stopped.

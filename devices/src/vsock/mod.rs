@@ -217,6 +217,14 @@ impl VhostUserDevice for VsockDevice {
         }
     }
 
+    /// The three queues share one worker thread: the TX queue's credit updates, replies and
+    /// resets go out on the RX queue, and on one thread they do so in the same wake-up
+    /// instead of waking a second thread for each (vhost-device-vsock also serves its queues
+    /// from one thread).
+    fn worker_group(&self, _index: usize) -> Option<usize> {
+        Some(0)
+    }
+
     fn start_queue(&self, index: usize) -> Result<Box<dyn QueueHandler>, DeviceError> {
         let s = self.shared.clone();
         Ok(match index {

@@ -164,6 +164,8 @@ pub(crate) struct RxHandler {
     /// A buffer taken from the ring for a packet that turned out to have nothing to say.
     held: Option<u16>,
     iov: IoVecs,
+    /// Its queue's waker is in `Shared` (from the first `process`).
+    waker_shared: bool,
 }
 
 impl RxHandler {
@@ -172,6 +174,7 @@ impl RxHandler {
             shared,
             held: None,
             iov: IoVecs::default(),
+            waker_shared: false,
         }
     }
 }
@@ -188,6 +191,10 @@ impl QueueHandler for RxHandler {
 
     fn process(&mut self, q: &mut QueueIo) -> Progress {
         let shared = self.shared.clone();
+        if !self.waker_shared {
+            shared.set_rx_waker(Some(q.waker()));
+            self.waker_shared = true;
+        }
         let mut rx = shared.rx_state();
         shared.take_ready(&mut rx.ready);
         for _ in 0..BUDGET {
@@ -214,6 +221,15 @@ impl QueueHandler for RxHandler {
     fn drain(&mut self, q: &mut QueueIo) {
         if let Some(head) = self.held.take() {
             q.complete(head, 0);
+        }
+    }
+}
+
+impl Drop for RxHandler {
+    fn drop(&mut self) {
+        if self.waker_shared {
+            // Its queue stopped: wakes go through `rx_wake` until the next handler runs.
+            self.shared.set_rx_waker(None);
         }
     }
 }

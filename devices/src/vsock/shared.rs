@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vu_core::QueueWaker;
 
 use super::client::BrokerClient;
 use super::conn::{Conn, ConnKey, ConnState};
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     timed: Mutex<Vec<Arc<Conn>>>,
     /// Wakes the RX worker (in `poll`).
     pub rx_wake: EventFd,
+    /// The RX queue's waker while its handler runs (see `wake_rx`).
+    rx_waker: Mutex<Option<QueueWaker>>,
     /// Wakes the TX worker (in `tx_poll`).
     pub tx_wake: EventFd,
     /// The RX side's internal epoll set: listener, broker, host streams, links, timer, wake.
@@ -165,6 +168,7 @@ impl Shared {
             replies: Mutex::new(VecDeque::new()),
             timed: Mutex::new(Vec::new()),
             rx_wake: efd()?,
+            rx_waker: Mutex::new(None),
             tx_wake: efd()?,
             poll: Epoll::new().map_err(VsockError::Setup)?,
             tx_poll: Epoll::new().map_err(VsockError::Setup)?,
@@ -300,9 +304,24 @@ impl Shared {
         stats::dec(&self.counters.active_connections);
     }
 
-    /// Wakes the RX worker (its internal epoll set has `rx_wake`).
+    /// Has the RX handler's `process` run soon, for work it finds there (ready connections,
+    /// replies): through its queue's waker, which costs no system call when the caller runs
+    /// on the same worker thread (the device's queues share one), else through `rx_wake`.
     pub fn wake_rx(&self) {
-        let _ = self.rx_wake.write(1);
+        let woken = self
+            .rx_waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(QueueWaker::wake);
+        if !woken {
+            let _ = self.rx_wake.write(1);
+        }
+    }
+
+    /// The RX handler's queue waker (None: its handler is gone).
+    pub fn set_rx_waker(&self, waker: Option<QueueWaker>) {
+        *self.rx_waker.lock().unwrap_or_else(|e| e.into_inner()) = waker;
     }
 
     /// Tells the RX worker `conn` has something to send (from the TX worker).
