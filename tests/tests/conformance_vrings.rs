@@ -401,6 +401,14 @@ fn set_vring_call_can_be_replaced_while_running() -> Result<()> {
     let new_call = EventFd::new(libc::EFD_NONBLOCK)?;
     vh(s.fe.set_vring_call(0, &new_call), "SET_VRING_CALL")?;
     let _ = dq.take_call();
+    // The eventfd it replaced had been signalled: the new one is signalled once at once, for
+    // completions a front-end that stopped reading the old one would never pass on.
+    ensure!(
+        vu_tests::frontend::wait_readable(std::os::fd::AsRawFd::as_raw_fd(&new_call), TIMEOUT)?,
+        "the new call eventfd was not signalled for the old one's notifications"
+    );
+    ensure!(new_call.read()? == 1, "more than one notification on replacement");
+    ensure!(dq.collect()?.is_empty());
     dq.submit(b"new call", 16)?;
     dq.kick()?;
     ensure!(
