@@ -194,7 +194,7 @@ cleanup() {
         wait "$server_pid" 2>/dev/null || true
     fi
     rm -rf "$sockdir"
-    [ -n "${cg_root:-}" ] && rmdir "$cg_root"/vu-bench-$$-* 2>/dev/null
+    if [ -n "${cg_root:-}" ]; then rmdir "$cg_root"/vu-bench-$$-* 2>/dev/null || true; fi
     true
 }
 trap cleanup EXIT
