@@ -449,6 +449,27 @@ fn set_vring_addr_before_set_vring_num_still_starts() {
     assert!(h.status().queues[0].started);
 }
 
+/// A ring of `RING_SIZE` with one request offered (a 16-byte read and a 512-byte write).
+fn one_request(h: &Harness) -> GuestMemory {
+    let mem = with_memory(h);
+    mem.set_desc(0, READ_BUF_GPA, 16, DESC_F_NEXT, 1);
+    mem.set_desc(1, WRITE_BUF_GPA, 512, DESC_F_WRITE, 0);
+    mem.offer(0, 0, 1);
+    mem
+}
+
+/// Sets up ring 0 and starts it enabled, as QEMU does: the call eventfd, if any, was set
+/// before. Returns the kick eventfd.
+fn start_enabled(h: &Harness) -> nix::sys::eventfd::EventFd {
+    h.fe.ok(req::SET_VRING_NUM, &vring_state(0, RING_SIZE as u32), &[]);
+    h.fe.ok(req::SET_VRING_BASE, &vring_state(0, 0), &[]);
+    h.fe.ok(req::SET_VRING_ADDR, &addr(0, 0), &[]);
+    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(0, 1), &[]);
+    let kick = eventfd();
+    h.fe.ok(req::SET_VRING_KICK, &u64_payload(0), &[kick.as_fd()]);
+    kick
+}
+
 #[test]
 fn a_call_eventfd_replaced_on_a_running_queue_is_signalled() {
     // QEMU's first call eventfd for a ring is its masked notifier, which it stops reading
@@ -457,18 +478,10 @@ fn a_call_eventfd_replaced_on_a_running_queue_is_signalled() {
     // after a device respawn on QEMU 10).
     let h = Harness::new();
     h.negotiate_all();
-    let mem = with_memory(&h);
-    mem.set_desc(0, READ_BUF_GPA, 16, DESC_F_NEXT, 1);
-    mem.set_desc(1, WRITE_BUF_GPA, 512, DESC_F_WRITE, 0);
-    mem.offer(0, 0, 1);
+    let mem = one_request(&h);
     let masked = eventfd();
     h.fe.ok(req::SET_VRING_CALL, &u64_payload(0), &[masked.as_fd()]);
-    h.fe.ok(req::SET_VRING_NUM, &vring_state(0, RING_SIZE as u32), &[]);
-    h.fe.ok(req::SET_VRING_BASE, &vring_state(0, 0), &[]);
-    h.fe.ok(req::SET_VRING_ADDR, &addr(0, 0), &[]);
-    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(0, 1), &[]);
-    let kick = eventfd();
-    h.fe.ok(req::SET_VRING_KICK, &u64_payload(0), &[kick.as_fd()]);
+    let _kick = start_enabled(&h);
     assert!(
         wait_readable(masked.as_fd(), TIMEOUT),
         "the completion was not signalled on the first eventfd"
@@ -488,16 +501,8 @@ fn a_completion_before_the_call_fd_is_set_is_signalled_once_it_is() {
     // the ring completes on that first run, when there is no eventfd to tell.
     let h = Harness::new();
     h.negotiate_all();
-    let mem = with_memory(&h);
-    mem.set_desc(0, READ_BUF_GPA, 16, DESC_F_NEXT, 1);
-    mem.set_desc(1, WRITE_BUF_GPA, 512, DESC_F_WRITE, 0);
-    mem.offer(0, 0, 1);
-    h.fe.ok(req::SET_VRING_NUM, &vring_state(0, RING_SIZE as u32), &[]);
-    h.fe.ok(req::SET_VRING_BASE, &vring_state(0, 0), &[]);
-    h.fe.ok(req::SET_VRING_ADDR, &addr(0, 0), &[]);
-    h.fe.ok(req::SET_VRING_ENABLE, &vring_state(0, 1), &[]);
-    let kick = eventfd();
-    h.fe.ok(req::SET_VRING_KICK, &u64_payload(0), &[kick.as_fd()]);
+    let mem = one_request(&h);
+    let _kick = start_enabled(&h);
     let deadline = std::time::Instant::now() + TIMEOUT;
     while mem.used_idx() != 1 {
         assert!(

@@ -407,7 +407,10 @@ fn set_vring_call_can_be_replaced_while_running() -> Result<()> {
         vu_tests::frontend::wait_readable(std::os::fd::AsRawFd::as_raw_fd(&new_call), TIMEOUT)?,
         "the new call eventfd was not signalled for the old one's notifications"
     );
-    ensure!(new_call.read()? == 1, "more than one notification on replacement");
+    ensure!(
+        new_call.read()? == 1,
+        "more than one notification on replacement"
+    );
     ensure!(dq.collect()?.is_empty());
     dq.submit(b"new call", 16)?;
     dq.kick()?;
