@@ -28,11 +28,12 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vu_core::dirty_log::{DirtyLog, LogBitmap};
-use vu_core::vring::{QueueSetup, VringShared};
+use vu_core::vring::QueueSetup;
 use vu_core::{Chain, GuestMem, Progress, QueueIo, VhostUserDevice};
 use vu_core_fuzz::net_tx::{
     build, parse_net_tx, Fill, AVAIL, DESC_TABLE, F_INDIRECT, F_NEXT, NET_REGIONS, USED,
 };
+use vu_core_fuzz::queue_reuse::reuse_queue;
 use vu_devices::net::{NetConfig, NetDevice};
 
 const VERSION_1: u64 = 1 << 32;
@@ -327,22 +328,8 @@ fuzz_target!(|data: &[u8]| {
         indirect: features & INDIRECT_DESC != 0,
     };
     // The queue is built once per process and put back in a queue start's state for every
-    // input (`QueueIo::reset`, which vu-core's tests hold to a fresh `QueueIo::new`):
-    // building and dropping 256 chain slots cost as much as a small input's chains.
-    let mut q = match QUEUE.take() {
-        Some(mut q) => {
-            q.reset(&setup).expect("queue reset");
-            q
-        }
-        None => {
-            let shared = Arc::new(VringShared::default());
-            shared
-                .enabled
-                .store(true, std::sync::atomic::Ordering::Release);
-            QueueIo::new(&setup, rig.atomic.clone(), None, rig.log.clone(), shared)
-                .expect("queue")
-        }
-    };
+    // input (`reuse_queue`).
+    let mut q = reuse_queue(QUEUE.take(), &setup, &rig.atomic, &rig.log, true);
     SCRATCH.with_borrow_mut(|(frames, chain_bytes)| {
         frames.clear();
         // Each round sends what the socket takes; the frames are read between rounds.

@@ -496,7 +496,7 @@ fn check(
             "request {i}: refused chain with {len} bytes"
         );
         starved |= *ok && len == 0 && share(p) > 0;
-        if let Err(e) = p.check_untouched(host, len, true, scratch) {
+        if let Err(e) = p.check_untouched(host, len, true) {
             panic!("request {i}: {e}");
         }
         if variant.is_file() && *ok && share(p) > 0 {
@@ -513,7 +513,7 @@ fn check(
         got += len as usize;
     }
     for (i, (p, _)) in batch.iter().enumerate().skip(out.popped) {
-        if let Err(e) = p.check_untouched(host, 0, true, scratch) {
+        if let Err(e) = p.check_untouched(host, 0, true) {
             panic!("request {i}, never taken: {e}");
         }
     }

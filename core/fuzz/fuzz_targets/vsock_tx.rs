@@ -31,8 +31,9 @@ use libfuzzer_sys::fuzz_target;
 use nix::sys::socket::{recv, MsgFlags};
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vu_core::dirty_log::{DirtyLog, LogBitmap};
-use vu_core::vring::{QueueSetup, VringShared};
+use vu_core::vring::QueueSetup;
 use vu_core::{GuestMem, Progress, QueueHandler, QueueIo, VhostUserDevice};
+use vu_core_fuzz::queue_reuse::reuse_queue;
 use vu_core_fuzz::ring::{DriverRing, RingAt};
 use vu_core_fuzz::vsock::*;
 use vu_core_fuzz::vsock_guest::*;
@@ -72,8 +73,11 @@ struct Rig {
     /// The listener's (abstract) address.
     listener: SocketAddr,
     buf: Vec<u8>,
-    /// The TX and RX queues between inputs (see `start_queue`).
+    /// The TX and RX queues between inputs (see `reuse_queue`).
     queues: Option<(QueueIo, QueueIo)>,
+    /// The guest's receive ring between inputs (`RxRing::reset`): it knows which bytes of
+    /// its buffers the last inputs' packets dirtied, so posting poisons only those again.
+    rx: Option<RxRing>,
 }
 
 fn rig() -> Rig {
@@ -113,6 +117,7 @@ fn rig() -> Rig {
         listener,
         buf: vec![0; 128 << 10],
         queues: None,
+        rx: None,
     }
 }
 
@@ -131,24 +136,6 @@ fn queue_setup(index: usize, at: RingAt, input: &VsockInput) -> QueueSetup {
         base: 0,
         event_idx: input.event_idx,
         indirect: input.indirect,
-    }
-}
-
-/// A queue as a start gives it for `setup` (the driver's rings are zeroed first). The
-/// queues are built once per process and put back in that state (`QueueIo::reset`, which
-/// vu-core's tests hold to a fresh `QueueIo::new`) for every input: building and dropping
-/// two queues of 128 chain slots cost more than a small input's packets.
-fn start_queue(rig: &Rig, slot: Option<QueueIo>, setup: &QueueSetup) -> QueueIo {
-    match slot {
-        Some(mut q) => {
-            q.reset(setup).expect("queue reset");
-            q
-        }
-        None => {
-            let shared = Arc::new(VringShared::default());
-            QueueIo::new(setup, rig.atomic.clone(), None, rig.log.clone(), shared)
-                .expect("queue")
-        }
     }
 }
 
@@ -194,7 +181,6 @@ struct Run<'a> {
     latest: BTreeMap<(u32, u32), u64>,
     seen: Seen,
     start: VsockStats,
-    scratch: Vec<u8>,
 }
 
 type Res = Result<(), String>;
@@ -224,10 +210,31 @@ impl<'a> Run<'a> {
         dev.set_features(features).expect("features");
         let host = HostMem::new(&rig.mem);
         let tx_ring = DriverRing::new(host, TX_RING, input.indirect);
-        let rx = RxRing::new(host);
+        let rx = match rig.rx.take() {
+            Some(mut rx) => {
+                rx.reset();
+                rx
+            }
+            None => RxRing::new(host),
+        };
         let (txq, rxq) = rig.queues.take().unzip();
-        let txq = start_queue(rig, txq, &queue_setup(TX_QUEUE, TX_RING, input));
-        let rxq = start_queue(rig, rxq, &queue_setup(RX_QUEUE, RX_RING, input));
+        // The queues are built once per process and put back in a queue start's state (the
+        // driver's rings are zeroed by `DriverRing::new` and `RxRing::new` above).
+        let (atomic, log) = (&rig.atomic, &rig.log);
+        let txq = reuse_queue(
+            txq,
+            &queue_setup(TX_QUEUE, TX_RING, input),
+            atomic,
+            log,
+            false,
+        );
+        let rxq = reuse_queue(
+            rxq,
+            &queue_setup(RX_QUEUE, RX_RING, input),
+            atomic,
+            log,
+            false,
+        );
         // (An earlier input left nothing on the link or the broker: its end read them.)
         Run {
             tx: dev.start_queue(TX_QUEUE).expect("tx handler"),
@@ -251,7 +258,6 @@ impl<'a> Run<'a> {
             latest: BTreeMap::new(),
             seen: Seen::default(),
             start: dev.stats(),
-            scratch: Vec::new(),
         }
     }
 
@@ -356,10 +362,7 @@ impl<'a> Run<'a> {
         }
         let before = self.rig.dev.stats();
         self.run_tx(tp.placed.head)?;
-        if let Err(e) = tp
-            .placed
-            .check_untouched(self.tx_ring.mem(), 0, false, &mut self.scratch)
-        {
+        if let Err(e) = tp.placed.check_untouched(self.tx_ring.mem(), 0, false) {
             return Err(format!("tx chain: {e}"));
         }
         check_counters(class, seen, &before, &self.rig.dev.stats())?;
@@ -386,7 +389,12 @@ impl<'a> Run<'a> {
 
     /// A well-formed stream packet for the host: what it means for the connection's
     /// bookkeeping.
-    fn host_packet(&mut self, h: &Header, key: (u32, u32), payload: impl Fn() -> &'static [u8]) -> Res {
+    fn host_packet(
+        &mut self,
+        h: &Header,
+        key: (u32, u32),
+        payload: impl Fn() -> &'static [u8],
+    ) -> Res {
         self.told.insert(key, (h.buf_alloc, h.fwd_cnt));
         match h.op {
             op::REQUEST => {
@@ -480,7 +488,8 @@ fuzz_target!(|data: &[u8]| {
         if let Err(e) = res {
             panic!("{e}");
         }
-        let queues = (run.txq, run.rxq);
+        let (queues, rx) = ((run.txq, run.rxq), run.rx);
         rig.queues = Some(queues);
+        rig.rx = Some(rx);
     });
 });

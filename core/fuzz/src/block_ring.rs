@@ -144,6 +144,19 @@ impl HostMem {
         });
     }
 
+    /// Whether the `len` bytes at `addr` all hold `byte`, compared where they are (copying
+    /// them out first cost as much as the comparison).
+    pub fn is_all(&self, addr: u64, len: usize, byte: u8) -> bool {
+        let mut same = true;
+        self.pieces(addr, len, |host, _, n| {
+            // SAFETY: as in `write`; the device has finished with the batch (drained), so
+            // nothing writes these bytes while the shared slice lives.
+            let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), n) };
+            same &= crate::ring::all(bytes, byte);
+        });
+        same
+    }
+
     /// Writes `len` bytes of `byte` at `addr`.
     pub fn fill(&self, addr: u64, byte: u8, len: usize) {
         self.pieces(addr, len, |host, _, n| {

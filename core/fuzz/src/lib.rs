@@ -3,7 +3,8 @@
 //! serves), `chain.rs` (descriptor chains), `block.rs` (block request batches) and
 //! `block_ring.rs` (the driver side of the ring `block_request` fills), `net_tx.rs`
 //! (transmit chain shapes for the net device, `net_tx`), `ring.rs` (a driver's ring of any
-//! chain shapes, for the other device targets), `rng.rs` (entropy request batches) and
+//! chain shapes, for the other device targets), `queue_reuse.rs` (a queue kept from input to
+//! input), `rng.rs` (entropy request batches) and
 //! `vsock.rs` (vsock packet scripts).
 //!
 //! Each format is a plain byte layout that `parse_*` reads leniently (any byte string is an
@@ -14,6 +15,7 @@ mod block_ring;
 mod chain;
 mod dispatch;
 pub mod net_tx;
+pub mod queue_reuse;
 pub mod ring;
 mod rng;
 pub mod vsock;

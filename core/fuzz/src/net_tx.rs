@@ -316,10 +316,11 @@ mod tests {
         *longest.last_mut().unwrap() = 8;
         assert_ne!(parse_net_tx(&longest), full);
         longest.extend_from_slice(&[0xff; 100]);
-        assert_eq!(parse_net_tx(&longest)
-            .chains
-            .len(), MAX_CHAINS);
-        assert_eq!(parse_net_tx(&longest), parse_net_tx(&longest[..MAX_NET_TX_INPUT]));
+        assert_eq!(parse_net_tx(&longest).chains.len(), MAX_CHAINS);
+        assert_eq!(
+            parse_net_tx(&longest),
+            parse_net_tx(&longest[..MAX_NET_TX_INPUT])
+        );
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..2000 {
             let data: Vec<u8> = (0..4096)

@@ -368,26 +368,12 @@ impl Placed {
         mem: HostMem,
         used: u32,
         readable_filled: bool,
-        scratch: &mut Vec<u8>,
     ) -> Result<(), String> {
         let mut left = used as usize;
         for (i, b) in self.bufs.iter().enumerate() {
-            if !b.writable && !readable_filled {
-                let mut guard = [0u8; GUARD_LEN as usize];
-                mem.read(b.addr + u64::from(b.len), &mut guard);
-                if !all(&guard, GUARD) {
-                    return Err(format!(
-                        "guard after buffer {i} at {:#x} overwritten",
-                        b.addr
-                    ));
-                }
-                continue;
-            }
             let len = b.len as usize;
-            scratch.resize(len + GUARD_LEN as usize, 0);
-            mem.read(b.addr, scratch);
-            let (body, guard) = scratch.split_at(len);
-            if !all(guard, GUARD) {
+            // (In place: `HostMem::is_all` compares guest memory without copying it out.)
+            if !mem.is_all(b.addr + u64::from(b.len), GUARD_LEN as usize, GUARD) {
                 return Err(format!(
                     "guard after buffer {i} at {:#x} overwritten",
                     b.addr
@@ -396,13 +382,13 @@ impl Placed {
             if b.writable {
                 let k = left.min(len);
                 left -= k;
-                if !all(&body[k..], POISON) {
+                if !mem.is_all(b.addr + k as u64, len - k, POISON) {
                     return Err(format!(
                         "writable buffer {i} at {:#x} written beyond the used length",
                         b.addr
                     ));
                 }
-            } else if readable_filled && !all(body, READ_FILL) {
+            } else if readable_filled && !mem.is_all(b.addr, len, READ_FILL) {
                 return Err(format!("readable buffer {i} at {:#x} changed", b.addr));
             }
         }

@@ -173,30 +173,57 @@ pub struct RxPosted {
     pub placed: Placed,
 }
 
-/// The guest's receive ring.
+/// What a free receive slot's memory is known to hold: its buffers and guards as `post`
+/// laid them out for `shape`, except at most the first `dirty` writable bytes (in chain
+/// order), which the device may have filled. Known only for a slot whose buffer came back
+/// and passed `Placed::check_untouched` (in `take_used`): then posting the same shape again
+/// only has to poison those bytes again, not the whole 4 KiB buffer.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    shape: RxShape,
+    dirty: u32,
+}
+
+/// The guest's receive ring. It is kept from input to input (`reset`), with what it knows
+/// of its slots' memory (the guest memory stays).
 #[derive(Debug)]
 pub struct RxRing {
     mem: HostMem,
     free: Vec<u16>,
     posted: Vec<Option<RxPosted>>,
+    known: Vec<Option<Known>>,
     avail: u16,
     used_seen: u16,
 }
 
 impl RxRing {
-    /// An empty ring (zeroed), every slot free.
+    /// An empty ring (zeroed), every slot free, nothing known of the slots' memory.
     pub fn new(mem: HostMem) -> Self {
-        let n = usize::from(RX_RING.size);
-        mem.fill(RX_RING.desc, 0, 16 * n);
-        mem.fill(RX_RING.avail, 0, 6 + 2 * n);
-        mem.fill(RX_RING.used, 0, 6 + 8 * n);
-        RxRing {
+        let mut ring = RxRing {
             mem,
-            free: (0..RX_SLOTS).rev().collect(),
+            free: Vec::with_capacity(usize::from(RX_SLOTS)),
             posted: vec![None; usize::from(RX_SLOTS)],
+            known: vec![None; usize::from(RX_SLOTS)],
             avail: 0,
             used_seen: 0,
-        }
+        };
+        ring.reset();
+        ring
+    }
+
+    /// Back to `new`'s state (rings zeroed, every slot free, in the same order), keeping
+    /// what is known of the memory of slots that came back. A slot still posted (its buffer
+    /// never came back) is not known.
+    pub fn reset(&mut self) {
+        let n = usize::from(RX_RING.size);
+        self.mem.fill(RX_RING.desc, 0, 16 * n);
+        self.mem.fill(RX_RING.avail, 0, 6 + 2 * n);
+        self.mem.fill(RX_RING.used, 0, 6 + 8 * n);
+        self.free.clear();
+        self.free.extend((0..RX_SLOTS).rev());
+        self.posted.fill(None);
+        self.avail = 0;
+        self.used_seen = 0;
     }
 
     /// Buffers posted and not yet used.
@@ -222,15 +249,28 @@ impl RxRing {
                 head: 2 * slot,
                 ..Placed::default()
             };
+            // A slot known to hold this shape needs only its dirty bytes poisoned again.
+            let known = self.known[usize::from(slot)]
+                .take()
+                .filter(|k| k.shape == shape);
+            let mut dirty = known.map_or(0, |k| k.dirty);
             for (k, b) in bufs.iter().enumerate() {
-                let fill = if b.writable {
-                    POISON
+                if known.is_some() {
+                    if b.writable {
+                        let n = dirty.min(b.len);
+                        dirty -= n;
+                        self.mem.fill(b.addr, POISON, n as usize);
+                    }
                 } else {
-                    crate::ring::READ_FILL
-                };
-                self.mem.fill(b.addr, fill, b.len as usize);
-                self.mem
-                    .fill(b.addr + u64::from(b.len), GUARD, GUARD_LEN as usize);
+                    let fill = if b.writable {
+                        POISON
+                    } else {
+                        crate::ring::READ_FILL
+                    };
+                    self.mem.fill(b.addr, fill, b.len as usize);
+                    self.mem
+                        .fill(b.addr + u64::from(b.len), GUARD, GUARD_LEN as usize);
+                }
                 let last = k + 1 == bufs.len();
                 let flags = u16::from(!last) | if b.writable { 2 } else { 0 };
                 let next = if last { 0 } else { 2 * slot + 1 };
@@ -253,7 +293,8 @@ impl RxRing {
     }
 
     /// What the device used since the last call: (buffer, used length), in order. An id
-    /// that names no posted buffer is an error.
+    /// that names no posted buffer is an error, and so is a buffer the device changed
+    /// outside its first `len` writable bytes (`Placed::check_untouched`).
     pub fn take_used(&mut self) -> Result<Vec<(RxPosted, u32)>, String> {
         let mut b = [0u8; 2];
         self.mem.read(RX_RING.used + 2, &mut b);
@@ -270,6 +311,13 @@ impl RxRing {
                 .then(|| self.posted.get_mut(slot).and_then(Option::take))
                 .flatten()
                 .ok_or_else(|| format!("rx used id {id} names no posted buffer"))?;
+            if let Err(e) = posted.placed.check_untouched(self.mem, len, true) {
+                return Err(format!("rx buffer: {e}"));
+            }
+            self.known[slot] = Some(Known {
+                shape: posted.shape,
+                dirty: len,
+            });
             self.free.push(slot as u16);
             out.push((posted, len));
             self.used_seen = self.used_seen.wrapping_add(1);

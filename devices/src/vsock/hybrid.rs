@@ -68,8 +68,8 @@ pub(crate) fn accept(shared: &Shared, rx: &mut RxState) {
             watch_listener(shared, rx, false);
             return;
         }
-        match l.accept() {
-            Ok((s, _)) => admit(shared, rx, s),
+        match iov::accept_nonblocking(l.as_fd()) {
+            Ok(s) => admit(shared, rx, s),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -120,9 +120,7 @@ fn admit(shared: &Shared, rx: &mut RxState, stream: UnixStream) {
         vu_core::warn_ratelimited!("vsock: too many host connections; one refused");
         return;
     }
-    if iov::set_nonblocking(stream.as_fd()).is_err() {
-        return;
-    }
+    // (Accepted non-blocking: `iov::accept_nonblocking`.)
     let id = shared.next_id();
     let ev = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
     if shared

@@ -2,7 +2,8 @@
 //! a descriptor chain, `readv` into them and `sendmsg` from them.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 use vu_core::Segment;
 
@@ -74,6 +75,26 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Accepts a connection on `listener` already non-blocking (and close-on-exec), with one
+/// `accept4` instead of an `accept` and an fcntl pair.
+pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<UnixStream> {
+    // SAFETY: accept4 on a descriptor the caller holds open; null address pointers ask for
+    // no peer address. A descriptor it returns is new and has no other owner.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by accept4: open, a stream socket, owned by nobody else.
+    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 fn result(n: isize) -> io::Result<usize> {
