@@ -136,6 +136,11 @@ trap 'fwd TERM' TERM
 trap 'fwd INT' INT
 rc=1
 while kill -0 $spid 2>/dev/null; do wait $spid; rc=$?; done
+# A `wait` cut short by the TERM trap returns 143 at once; if strace exits right then, bash
+# reaps it on its own and the loop ends with that 143: its real status is still to collect
+# (127 once it was collected above).
+wait $spid 2>/dev/null; last=$?
+[ $last -ne 127 ] && rc=$last
 exit $rc
 "#,
         out = quote(&dir.join("trace/t").display().to_string()),
