@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use vu_tests::bench::net::frames::FrameKind;
 use vu_tests::bench::net::{run_net, NetBenchConfig};
 use vu_tests::launcher::Launcher;
@@ -48,7 +48,7 @@ fn frames_go_through_our_device_and_come_back() -> Result<()> {
             stall_timeout: Duration::from_secs(30),
             ..NetBenchConfig::default()
         };
-        let r = run_net(&cfg)?;
+        let r = run_net(&cfg).with_context(|| device_state(&launcher))?;
         let t = r.table();
         eprintln!("{t}");
         let res = &r.res;
@@ -75,4 +75,45 @@ fn frames_go_through_our_device_and_come_back() -> Result<()> {
     let st = launcher.terminate()?;
     ensure!(st.success(), "launcher exited with {st}");
     Ok(())
+}
+
+/// What the device was doing when a phase failed: its counters and queues as the launcher
+/// reports them (`launcher ctl status`: restarts and crashes, kicks, notifications, requests
+/// in flight per queue), and where each of its threads waits in the kernel.
+fn device_state(launcher: &Launcher) -> String {
+    let status = match launcher.ctl(&["status"]) {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("no status: {e:#}"),
+    };
+    let threads = match launcher.device_pid() {
+        Ok(pid) => thread_waits(pid),
+        Err(e) => format!("no device process: {e:#}"),
+    };
+    format!("device state when the phase failed:\n{status}device threads:\n{threads}")
+}
+
+/// `name: wchan` of every thread of `pid`.
+fn thread_waits(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone\n");
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let read = |f: &str| {
+            std::fs::read_to_string(t.path().join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        out += &format!(
+            "  {} {}: {}\n",
+            t.file_name().to_string_lossy(),
+            read("comm"),
+            read("wchan")
+        );
+    }
+    out
 }
