@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use vu_tests::bench::net::frames::FrameKind;
-use vu_tests::bench::net::{run_net, NetBenchConfig};
+use vu_tests::bench::net::{run_net, NetBenchConfig, NetReport};
 use vu_tests::launcher::Launcher;
 use vu_tests::netns::TestNetns;
 
@@ -49,31 +49,37 @@ fn frames_go_through_our_device_and_come_back() -> Result<()> {
             ..NetBenchConfig::default()
         };
         let r = run_net(&cfg).with_context(|| device_state(&launcher))?;
-        let t = r.table();
-        eprintln!("{t}");
-        let res = &r.res;
-        ensure!(
-            res.rx_frames > 0 && res.matched > 0,
-            "nothing came back:\n{t}"
-        );
-        ensure!(res.mismatched == 0, "frames came back changed:\n{t}");
-        ensure!(res.tx_frames >= res.rx_frames, "more back than sent:\n{t}");
-        if frame == FrameKind::Tso {
-            // The kernel hands the TSO frames back whole (GUEST_TSO4: the tap's offloads).
-            ensure!(
-                res.rx_bytes / res.rx_frames >= 65000,
-                "TSO frames came back segmented:\n{t}"
-            );
-        }
-        ensure!(r.server_cpu_s.is_some(), "no server CPU figure:\n{t}");
-        let j = r.json();
-        ensure!(
-            j.starts_with('{') && j.contains("\"device\":\"net\""),
-            "{j}"
-        );
+        eprintln!("{}", r.table());
+        check(frame, &r).with_context(|| device_state(&launcher))?;
     }
     let st = launcher.terminate()?;
     ensure!(st.success(), "launcher exited with {st}");
+    Ok(())
+}
+
+/// The checks of one phase's report.
+fn check(frame: FrameKind, r: &NetReport) -> Result<()> {
+    let t = r.table();
+    let res = &r.res;
+    ensure!(
+        res.rx_frames > 0 && res.matched > 0,
+        "nothing came back:\n{t}"
+    );
+    ensure!(res.mismatched == 0, "frames came back changed:\n{t}");
+    ensure!(res.tx_frames >= res.rx_frames, "more back than sent:\n{t}");
+    if frame == FrameKind::Tso {
+        // The kernel hands the TSO frames back whole (GUEST_TSO4: the tap's offloads).
+        ensure!(
+            res.rx_bytes / res.rx_frames >= 65000,
+            "TSO frames came back segmented:\n{t}"
+        );
+    }
+    ensure!(r.server_cpu_s.is_some(), "no server CPU figure:\n{t}");
+    let j = r.json();
+    ensure!(
+        j.starts_with('{') && j.contains("\"device\":\"net\""),
+        "{j}"
+    );
     Ok(())
 }
 
