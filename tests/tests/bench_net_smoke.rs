@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use vu_tests::bench::net::frames::FrameKind;
-use vu_tests::bench::net::{run_net, NetBenchConfig};
+use vu_tests::bench::net::{run_net, NetBenchConfig, NetReport};
 use vu_tests::launcher::Launcher;
 use vu_tests::netns::TestNetns;
 
@@ -48,31 +48,78 @@ fn frames_go_through_our_device_and_come_back() -> Result<()> {
             stall_timeout: Duration::from_secs(30),
             ..NetBenchConfig::default()
         };
-        let r = run_net(&cfg)?;
-        let t = r.table();
-        eprintln!("{t}");
-        let res = &r.res;
-        ensure!(
-            res.rx_frames > 0 && res.matched > 0,
-            "nothing came back:\n{t}"
-        );
-        ensure!(res.mismatched == 0, "frames came back changed:\n{t}");
-        ensure!(res.tx_frames >= res.rx_frames, "more back than sent:\n{t}");
-        if frame == FrameKind::Tso {
-            // The kernel hands the TSO frames back whole (GUEST_TSO4: the tap's offloads).
-            ensure!(
-                res.rx_bytes / res.rx_frames >= 65000,
-                "TSO frames came back segmented:\n{t}"
-            );
-        }
-        ensure!(r.server_cpu_s.is_some(), "no server CPU figure:\n{t}");
-        let j = r.json();
-        ensure!(
-            j.starts_with('{') && j.contains("\"device\":\"net\""),
-            "{j}"
-        );
+        let r = run_net(&cfg).with_context(|| device_state(&launcher))?;
+        eprintln!("{}", r.table());
+        check(frame, &r).with_context(|| device_state(&launcher))?;
     }
     let st = launcher.terminate()?;
     ensure!(st.success(), "launcher exited with {st}");
     Ok(())
+}
+
+/// The checks of one phase's report.
+fn check(frame: FrameKind, r: &NetReport) -> Result<()> {
+    let t = r.table();
+    let res = &r.res;
+    ensure!(
+        res.rx_frames > 0 && res.matched > 0,
+        "nothing came back:\n{t}"
+    );
+    ensure!(res.mismatched == 0, "frames came back changed:\n{t}");
+    ensure!(res.tx_frames >= res.rx_frames, "more back than sent:\n{t}");
+    if frame == FrameKind::Tso {
+        // The kernel hands the TSO frames back whole (GUEST_TSO4: the tap's offloads).
+        ensure!(
+            res.rx_bytes / res.rx_frames >= 65000,
+            "TSO frames came back segmented:\n{t}"
+        );
+    }
+    ensure!(r.server_cpu_s.is_some(), "no server CPU figure:\n{t}");
+    let j = r.json();
+    ensure!(
+        j.starts_with('{') && j.contains("\"device\":\"net\""),
+        "{j}"
+    );
+    Ok(())
+}
+
+/// What the device was doing when a phase failed: its counters and queues as the launcher
+/// reports them (`launcher ctl status`: restarts and crashes, kicks, notifications, requests
+/// in flight per queue), and where each of its threads waits in the kernel.
+fn device_state(launcher: &Launcher) -> String {
+    let status = match launcher.ctl(&["status"]) {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("no status: {e:#}"),
+    };
+    let threads = match launcher.device_pid() {
+        Ok(pid) => thread_waits(pid),
+        Err(e) => format!("no device process: {e:#}"),
+    };
+    format!("device state when the phase failed:\n{status}device threads:\n{threads}")
+}
+
+/// `name: wchan` of every thread of `pid`.
+fn thread_waits(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone\n");
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let read = |f: &str| {
+            std::fs::read_to_string(t.path().join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        out += &format!(
+            "  {} {}: {}\n",
+            t.file_name().to_string_lossy(),
+            read("comm"),
+            read("wchan")
+        );
+    }
+    out
 }

@@ -181,6 +181,19 @@ impl Connection {
         self.features & bits::BLK_RO != 0
     }
 
+    /// Whether the server has closed its end of the connection (it exited or crashed): a
+    /// data path that stops moving then has nobody serving it. Looked at without waiting.
+    pub fn server_closed(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.fe),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the socket this connection owns; no waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     /// Shares `mem` and sets up and enables one queue of `size` descriptors per layout.
     pub fn start_queues(
         &mut self,

@@ -195,6 +195,29 @@ impl DriverRing {
         self.used_idx() != self.last_used
     }
 
+    /// The ring's indexes as both sides see them now, for a stall report: what the driver
+    /// pushed and published, the device's used index and what the driver consumed, and the
+    /// two event indexes (the device's avail_event, the driver's used_event).
+    pub fn indexes(&self) -> String {
+        let avail = self.atomic(self.avail_idx).load(Ordering::Acquire);
+        let avail_event = self.atomic(self.avail_event).load(Ordering::Acquire);
+        let used_event = self.atomic(self.used_event).load(Ordering::Acquire);
+        let used_flags = self.atomic(self.used_flags).load(Ordering::Acquire);
+        let avail_flags = self.atomic(self.avail_flags).load(Ordering::Acquire);
+        format!(
+            "pushed {} avail_idx {} used_idx {} consumed {} avail_event {} used_event {} \
+             used_flags {:#x} avail_flags {:#x}",
+            self.next_avail,
+            avail,
+            self.used_idx(),
+            self.last_used,
+            avail_event,
+            used_event,
+            used_flags,
+            avail_flags
+        )
+    }
+
     /// Asks the device not to notify (the driver polls the used ring).
     #[inline]
     pub fn suppress_notification(&mut self) {

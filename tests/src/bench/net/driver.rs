@@ -63,6 +63,10 @@ pub struct NetResult {
     pub written_off: u64,
     /// Frames that came back different from the frame sent (`check`).
     pub mismatched: u64,
+    /// Frames sent before this phase (the warm-up's, written off there) that came back
+    /// during it: not counted as back (nor their bytes), so that a phase never has more back
+    /// than it sent.
+    pub late: u64,
     /// Round-trip latency, ns.
     pub latency: Histogram,
     /// Kicks sent.
@@ -102,6 +106,10 @@ pub struct NetDriver {
     tx_avail: u64,
     /// Receive buffers of the frame being assembled still to come.
     merging: u16,
+    /// The frame being assembled was sent before this phase (`NetResult::late`).
+    merging_late: bool,
+    /// The first sequence number of the current phase.
+    phase_seq0: u64,
     epoll: Option<Epoll>,
 }
 
@@ -141,6 +149,8 @@ impl NetDriver {
             rx_avail: u64::from(rx.size()),
             tx_avail: 0,
             merging: 0,
+            merging_late: false,
+            phase_seq0: 0,
             epoll: None,
             rx,
             tx,
@@ -178,16 +188,24 @@ impl NetDriver {
             1
         };
         self.merging = buffers - 1;
-        r.rx_frames += 1;
-        r.rx_bytes += u64::from(len.saturating_sub(HDR_LEN as u32));
         let off = HDR_LEN + self.work.kind.payload_offset();
+        // Whatever comes back is no longer out, whichever phase sent it.
         self.back += u64::from(len).saturating_sub(off as u64);
-        if (len as usize) < off + 8 {
+        let seq = ((len as usize) >= off + 8).then(|| {
+            let mut seq = [0u8; 8];
+            mem.read(base + off as u64, &mut seq);
+            u64::from_le_bytes(seq)
+        });
+        self.merging_late = seq.is_some_and(|s| s < self.phase_seq0);
+        if self.merging_late {
+            r.late += 1;
             return;
         }
-        let mut seq = [0u8; 8];
-        mem.read(base + off as u64, &mut seq);
-        let seq = u64::from_le_bytes(seq);
+        r.rx_frames += 1;
+        r.rx_bytes += u64::from(len.saturating_sub(HDR_LEN as u32));
+        let Some(seq) = seq else {
+            return;
+        };
         if seq < self.next_seq && self.next_seq - seq <= STAMPS as u64 {
             let slot = &mut self.stamps[seq as usize % STAMPS];
             if *slot != u64::MAX {
@@ -245,7 +263,9 @@ impl NetDriver {
             }
             if self.merging > 0 {
                 self.merging -= 1;
-                r.rx_bytes += u64::from(len);
+                if !self.merging_late {
+                    r.rx_bytes += u64::from(len);
+                }
                 self.back += u64::from(len);
             } else {
                 self.first_buffer(id, len, now_ns, r);
@@ -317,6 +337,7 @@ impl NetDriver {
         let mut last_rx = start;
         let mut written_at = start;
         let sent0 = self.next_seq;
+        self.phase_seq0 = sent0;
         loop {
             let now = Instant::now();
             let now_ns = now.duration_since(start).as_nanos() as u64;
@@ -353,11 +374,16 @@ impl NetDriver {
             }
             if now.duration_since(last_progress) > self.work.stall_timeout {
                 bail!(
-                    "nothing moved for {:?}: {} frames sent, {} taken, {} back",
+                    "nothing moved for {:?}: {} frames sent, {} taken, {} back; {} kicks, {} \
+                     waits; transmit ring: {}; receive ring: {}",
                     self.work.stall_timeout,
                     sent,
                     r.tx_frames,
-                    r.rx_frames
+                    r.rx_frames,
+                    r.kicks,
+                    r.waits,
+                    self.tx.indexes(),
+                    self.rx.indexes()
                 );
             }
             if !progressed {

@@ -265,9 +265,17 @@ pub fn run_net(config: &NetBenchConfig) -> Result<NetReport> {
         stall_timeout: config.stall_timeout,
     };
     let mut driver = NetDriver::new(work, rings, (rx_fds, tx_fds), (rx_l, tx_l));
-    driver.warm_up()?;
+    // A server that died leaves the rings as they were: say so when the data path fails.
+    let server_gone = |e: anyhow::Error| {
+        if net.conn.server_closed() {
+            e.context("the server has closed the connection (exited or crashed)")
+        } else {
+            e
+        }
+    };
+    driver.warm_up().map_err(server_gone)?;
     let before = (!config.server_pids.is_empty()).then(|| procstat::sample(&config.server_pids));
-    let res = driver.measure()?;
+    let res = driver.measure().map_err(server_gone)?;
     let server_cpu_s = before.map(|b| (procstat::cpu_seconds(&b.pids) - b.cpu_s).max(0.0));
     let features = net.conn.features;
     drop(net);

@@ -146,14 +146,19 @@ impl NetReport {
         let _ = writeln!(
             o,
             "frames      {} taken, {} back ({} matched, {} lost, {} bytes written off, {} differed) \
-             in {:.3} s",
+             in {:.3} s{}",
             r.tx_frames,
             r.rx_frames,
             r.matched,
             self.lost(),
             r.written_off,
             r.mismatched,
-            self.secs()
+            self.secs(),
+            if r.late > 0 {
+                format!("; {} late from the warm-up", r.late)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             o,
@@ -219,6 +224,7 @@ impl NetReport {
             ("matched", r.matched),
             ("written_off", r.written_off),
             ("mismatched", r.mismatched),
+            ("late", r.late),
             ("lost", self.lost()),
             ("kicks", r.kicks),
             ("waits", r.waits),
