@@ -5,11 +5,12 @@
 //! the queue waits for the tap to be writable; a frame the tap refuses, or a malformed chain,
 //! is dropped and counted, and the queue goes on.
 //!
-//! Order on the wire: the writes of a batch run one after the other, in ring order. Only a
-//! tap whose send buffer is limited (TUNSETSNDBUF; unlimited by default) or a socket standing
-//! in for one ever answers EAGAIN; if room appears between two writes of a batch, a frame
-//! after one that met the full tap can go first. To keep that window to one batch, frames go
-//! one at a time after a full tap until a batch's worth has gone through.
+//! Order on the wire: the writes of a batch run one after the other, in ring order, and the
+//! first that does not go through ends the batch: the ring's writes are linked, so those
+//! after it are cancelled, not tried (`uring.rs`), and the writev fallback stops there too.
+//! Only a tap whose send buffer is limited (TUNSETSNDBUF; unlimited by default) or a socket
+//! standing in for one ever answers EAGAIN, and room that appears between two writes of a
+//! batch then cannot let a later frame overtake the one that met the full tap.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -47,8 +48,6 @@ pub(crate) struct TxHandler {
     batch: Vec<u16>,
     iovs: Vec<IoVecs>,
     results: Vec<i32>,
-    /// Frames to send one at a time before batching again (after a full tap).
-    single: usize,
 }
 
 impl TxHandler {
@@ -64,7 +63,6 @@ impl TxHandler {
             batch: Vec::with_capacity(BATCH),
             iovs: (0..BATCH).map(|_| IoVecs::default()).collect(),
             results: Vec::with_capacity(BATCH),
-            single: 0,
         }
     }
 
@@ -140,11 +138,16 @@ impl TxHandler {
             return;
         }
         self.results.clear();
-        for iov in &self.iovs[..n] {
-            self.results.push(match self.tap.writev(iov) {
+        self.results.resize(n, NOT_TRIED);
+        for (iov, r) in self.iovs[..n].iter().zip(self.results.iter_mut()) {
+            *r = match self.tap.writev(iov) {
                 Ok(len) => len as i32,
                 Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-            });
+            };
+            if kept(*r) {
+                // The rest waits behind it, in order.
+                break;
+            }
         }
     }
 
@@ -155,11 +158,7 @@ impl TxHandler {
         }
         let mut done = 0;
         while done < BUDGET {
-            let limit = if self.single > 0 || self.ring.is_none() {
-                1
-            } else {
-                BATCH
-            };
+            let limit = if self.ring.is_none() { 1 } else { BATCH };
             self.batch.clear();
             // A frame that waited already was counted when it first met the full tap.
             let retry = !self.waiting.is_empty();
@@ -184,7 +183,7 @@ impl TxHandler {
             for i in 0..n {
                 let head = self.batch[i];
                 let r = self.results[i];
-                if r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR {
+                if kept(r) {
                     if r == -libc::EAGAIN && !full {
                         full = true;
                         if !(retry && i == 0) {
@@ -199,7 +198,6 @@ impl TxHandler {
                     Counters::inc(&self.counters.tx_packets);
                     let len = q.chain(head).readable_len() as usize;
                     Counters::add(&self.counters.tx_bytes, (len - self.hdr_len) as u64);
-                    self.single = self.single.saturating_sub(1);
                 } else {
                     Counters::inc(&self.counters.tx_dropped_write_error);
                     let e = std::io::Error::from_raw_os_error(-r);
@@ -208,13 +206,11 @@ impl TxHandler {
                 q.complete(head, 0);
             }
             for i in (0..n).rev() {
-                let r = self.results[i];
-                if r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR {
+                if kept(self.results[i]) {
                     self.waiting.push_front(self.batch[i]);
                 }
             }
             if full {
-                self.single = BATCH;
                 self.watch(q, true);
                 return Progress::Busy;
             }
@@ -222,6 +218,12 @@ impl TxHandler {
         self.watch(q, true);
         Progress::Busy
     }
+}
+
+/// A write's result that keeps its frame for the next try, in order: not tried (cut off by
+/// an earlier write of the batch), a full tap, or an interrupted call.
+fn kept(r: i32) -> bool {
+    r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR || r == -libc::ECANCELED
 }
 
 impl QueueHandler for TxHandler {

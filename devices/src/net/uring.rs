@@ -9,7 +9,7 @@
 //! never by the kernel).
 //!
 //! Like the block device's rings, each ring is locked down before it is enabled: the tap is
-//! fixed file 0, and the ring takes only writev, only on that fixed file. io_uring operations
+//! fixed file 0, and the ring takes only writev, only on that fixed file (linked, or not). io_uring operations
 //! bypass seccomp; with these restrictions a compromised device can do through its ring
 //! nothing but what its writev rule allows on the tap already.
 
@@ -39,33 +39,42 @@ impl TapRing {
     pub(crate) fn new(tap: &TapFd, entries: u32) -> io::Result<Self> {
         // COOP_TASKRUN: completions are all posted inline, no interrupt of this thread is ever
         // needed. The tap is fixed file 0; writev is the only operation, with no flag but
-        // FIXED_FILE (`uring_restricted.rs`).
+        // FIXED_FILE and IO_LINK (a batch's writes are linked; `uring_restricted.rs`).
         let ring = RestrictedRing {
             entries,
             taskrun: Taskrun::Coop,
             files: &[tap.raw()],
             opcodes: &[opcode::Writev::CODE],
-            other_flags: squeue::Flags::empty(),
+            other_flags: squeue::Flags::IO_LINK,
         }
         .build()?;
         Ok(TapRing { ring })
     }
 
     /// Runs one writev per iovec list of `iovs` (in that order, with RWF_NOWAIT) in
-    /// one submission and stores each result (bytes, or -errno) in `results`. A list the
-    /// ring could not take is left at [`NOT_TRIED`]. Err: the ring failed (nothing of the
-    /// batch is in flight even then); the caller stops using it.
+    /// one submission and stores each result (bytes, or -errno) in `results`. The writes are
+    /// linked: the first that fails or writes short cancels those after it (-ECANCELED), so
+    /// that no frame overtakes one the tap had no room for. A list the ring could not take is
+    /// left at [`NOT_TRIED`]. Err: the ring failed (nothing of the batch is in flight even
+    /// then); the caller stops using it.
     pub(crate) fn run(&mut self, iovs: &[IoVecs], results: &mut Vec<i32>) -> io::Result<()> {
         results.clear();
         results.resize(iovs.len(), NOT_TRIED);
         let mut queued = 0;
         {
             let mut sq = self.ring.submission();
+            let last = iovs.len().saturating_sub(1);
             for (i, iov) in iovs.iter().enumerate() {
                 let fd = types::Fixed(0);
+                let link = if i < last {
+                    squeue::Flags::IO_LINK
+                } else {
+                    squeue::Flags::empty()
+                };
                 let entry = opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
                     .rw_flags(libc::RWF_NOWAIT)
-                    .build();
+                    .build()
+                    .flags(link);
                 // SAFETY: the iovec array and the memory it names (guest buffers of chains
                 // the queue holds, or the handler's own buffers) stay valid until this
                 // function returns, and every request of the batch has completed by then:
