@@ -4,7 +4,8 @@
 //! negotiated features (read back with ethtool, and seen in what the kernel hands over: one
 //! 64 KiB TSO frame, or many segments); frames wait in the tap while the driver posts no
 //! buffers and the tap counts what it drops; two queue pairs, and a disabled ring's queue
-//! detached so that the kernel steers its flows to the others.
+//! detached so that the kernel steers its flows to the others; a tap whose send buffer is
+//! limited, and fills, keeps the frames in order.
 
 mod common;
 
@@ -60,6 +61,17 @@ fn setup(multi: bool, pairs: u16, pick: impl FnOnce(u64) -> u64) -> Option<Setup
     let serial = serial();
     let ns = tap_ns(multi)?;
     let taps = ns.run(move || open_tap("tap0", pairs)).expect("open tap");
+    Some(serve(serial, ns, taps, pick))
+}
+
+/// A device on `taps` (queues of `tap0` in `ns`), and a front-end that negotiated `pick`.
+fn serve(
+    serial: MutexGuard<'static, ()>,
+    ns: Netns,
+    taps: Vec<File>,
+    pick: impl FnOnce(u64) -> u64,
+) -> Setup {
+    let pairs = taps.len() as u16;
     let dev = NetDevice::new(NetConfig {
         taps,
         queue_pairs: pairs,
@@ -70,12 +82,12 @@ fn setup(multi: bool, pairs: u16, pick: impl FnOnce(u64) -> u64) -> Option<Setup
     .expect("device");
     let fe = Frontend::with_features(dev.clone(), 2 * usize::from(pairs), QSIZE, pick);
     ns.wait_up("tap0");
-    Some(Setup {
+    Setup {
         _serial: serial,
         ns,
         fe,
         dev,
-    })
+    }
 }
 
 #[test]
@@ -467,6 +479,109 @@ fn two_queue_pairs_and_a_disabled_rings_queue_is_detached() {
         round += 1;
         assert!(round < 10, "flows still steered to the disabled ring");
     }
+}
+
+/// Runs `tc ARGS` in the namespace; panics on failure.
+fn tc(ns: &Netns, args: &str) {
+    let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+    let out = ns
+        .run(move || std::process::Command::new("tc").args(&args).output())
+        .expect("run tc");
+    assert!(
+        out.status.success(),
+        "tc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TUNSETSNDBUF: limits the send buffer of the tap `tap` is a queue of.
+fn limit_sndbuf(tap: &File, bytes: libc::c_int) {
+    // SAFETY: TUNSETSNDBUF reads one int, which `bytes` holds for the call.
+    let r = unsafe {
+        libc::ioctl(
+            tap.as_raw_fd(),
+            libc::TUNSETSNDBUF,
+            &bytes as *const libc::c_int,
+        )
+    };
+    assert_eq!(r, 0, "TUNSETSNDBUF: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_tap_whose_send_buffer_fills_keeps_the_frames_in_order() {
+    let serial = serial();
+    let Some(ns) = tap_ns(false) else {
+        return;
+    };
+    // What is written into tap0 leaves through v0, whose queue drains at 20 Mbit/s: each
+    // frame holds room in the tap's send buffer until it has left.
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "set", "v0", "up"]);
+    ns.ip(&["link", "set", "v1", "up"]);
+    tc(
+        &ns,
+        "qdisc add dev v0 root tbf rate 20mbit burst 4k limit 1000000",
+    );
+    tc(&ns, "qdisc add dev tap0 ingress");
+    tc(
+        &ns,
+        "filter add dev tap0 parent ffff: protocol all u32 match u32 0 0 \
+         action mirred egress redirect dev v0",
+    );
+    let taps = ns.run(|| open_tap("tap0", 1)).expect("open tap");
+    limit_sndbuf(&taps[0], 16 << 10);
+    let mut s = serve(serial, ns, taps, all_features);
+    // Seen as the tap receives them, before they wait in v0's queue.
+    let sock = s.ns.packet_socket("tap0", false);
+    const ROUNDS: usize = 16;
+    const PER_ROUND: usize = 64;
+    const N: usize = ROUNDS * PER_ROUND;
+    let seen = std::thread::spawn(move || {
+        let mut sock = sock;
+        let mut got = Vec::new();
+        while got.len() < N {
+            match recv_timeout(&mut sock, WAIT) {
+                Some(f) => got.push(f),
+                None => break,
+            }
+        }
+        got
+    });
+    // Large and small frames by turns: a small one fits where a large one found no room only
+    // if it is written before it.
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let mut f = frame(if i % 2 == 0 { 1514 } else { 60 }, i as u8);
+            f[14..16].copy_from_slice(&(i as u16).to_be_bytes());
+            f
+        })
+        .collect();
+    for round in frames.chunks(PER_ROUND) {
+        let chains: Vec<Vec<Buf>> = round
+            .iter()
+            .map(|f| vec![Buf::Out([plain_hdr(), f.clone()].concat())])
+            .collect();
+        s.fe.submit_batch(TX, &chains);
+        s.fe.kick(TX);
+        assert!(s.fe.wait(TX, PER_ROUND).iter().all(|&(_, len)| len == 0));
+    }
+    let got = seen.join().expect("reader");
+    let order: Vec<usize> = got
+        .iter()
+        .map(|f| usize::from(u16::from_be_bytes([f[14], f[15]])))
+        .collect();
+    if let Some(i) = (0..order.len()).find(|&i| order[i] != i) {
+        panic!(
+            "frame {i} of {N} on the tap is the guest's frame {}: {:?}",
+            order[i],
+            &order[i.saturating_sub(2)..(i + 3).min(order.len())]
+        );
+    }
+    assert_eq!(order.len(), N, "every frame arrived");
+    assert_eq!(got, frames, "byte-exact");
+    let st = s.dev.stats();
+    assert_eq!((st.tx_packets, st.tx_dropped_write_error), (N as u64, 0));
+    assert!(st.tx_tap_full > 0, "the tap filled: {st:?}");
 }
 
 fn serial() -> MutexGuard<'static, ()> {

@@ -94,6 +94,16 @@ impl TapFd {
         }
     }
 
+    /// True if a write can find no room (EAGAIN): a socket, or a tap whose send buffer is
+    /// limited (TUNSETSNDBUF). A tap's is unlimited unless someone limits it; if it cannot be
+    /// read, it counts as limited.
+    pub(crate) fn can_be_full(&self) -> bool {
+        match self.kind {
+            Kind::Tap { .. } => !matches!(tun::get_sndbuf(self.file.as_fd()), Ok(libc::c_int::MAX)),
+            Kind::Socket => true,
+        }
+    }
+
     /// Attaches or detaches this queue of a multi-queue tap (the kernel steers frames only
     /// to attached queues). Nothing to do on other descriptors.
     pub(crate) fn set_attached(&self, attached: bool) -> io::Result<()> {

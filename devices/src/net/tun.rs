@@ -109,6 +109,21 @@ pub(crate) fn set_queue(fd: BorrowedFd<'_>, attach: bool) -> io::Result<()> {
     })
 }
 
+/// TUNGETSNDBUF: the send buffer of the tap's queues, in bytes; `i32::MAX` (the default) is
+/// unlimited: a write then never finds the tap full.
+pub(crate) fn get_sndbuf(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    let mut sndbuf: libc::c_int = 0;
+    // SAFETY: TUNGETSNDBUF writes one int into `sndbuf`.
+    check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNGETSNDBUF,
+            &mut sndbuf as *mut libc::c_int,
+        )
+    })?;
+    Ok(sndbuf)
+}
+
 /// TUNGETFEATURES: the IFF_* flags this kernel's tun driver supports.
 pub(crate) fn get_features(fd: BorrowedFd<'_>) -> io::Result<libc::c_uint> {
     let mut features: libc::c_uint = 0;

@@ -5,12 +5,16 @@
 //! the queue waits for the tap to be writable; a frame the tap refuses, or a malformed chain,
 //! is dropped and counted, and the queue goes on.
 //!
-//! Order on the wire: the writes of a batch run one after the other, in ring order, and the
-//! first that does not go through ends the batch: the ring's writes are linked, so those
-//! after it are cancelled, not tried (`uring.rs`), and the writev fallback stops there too.
-//! Only a tap whose send buffer is limited (TUNSETSNDBUF; unlimited by default) or a socket
-//! standing in for one ever answers EAGAIN, and room that appears between two writes of a
-//! batch then cannot let a later frame overtake the one that met the full tap.
+//! Order on the wire: the writes of a batch run one after the other, in ring order. Only a
+//! tap whose send buffer is limited (TUNSETSNDBUF; unlimited by default) or a socket standing
+//! in for one ever answers EAGAIN; on those, the first write that does not go through ends
+//! the batch: the ring's writes are linked, so those after it are cancelled, not tried
+//! (`uring.rs`), and the writev fallback stops there too. Room that appears between two
+//! writes of a batch then cannot let a later, smaller frame overtake the one that met the
+//! full tap. Linked writes cost CPU, so a tap whose send buffer is unlimited when the ring is
+//! set up gets unlinked ones; if its buffer is limited later (by another holder of the tap)
+//! and it fills, the writes are linked from then on: only that one batch may have let a frame
+//! past the one that met the full tap.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -82,7 +86,7 @@ impl TxHandler {
 
     fn setup_ring(&mut self) {
         self.ring_tried = true;
-        match TapRing::new(&self.tap, BATCH as u32) {
+        match TapRing::new(&self.tap, BATCH as u32, self.tap.can_be_full()) {
             Ok(r) => self.ring = Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "no io_uring for the tap; one writev per frame")
@@ -211,6 +215,14 @@ impl TxHandler {
                 }
             }
             if full {
+                if let Some(ring) = self.ring.as_mut().filter(|r| !r.linked()) {
+                    tracing::warn!(
+                        queue = q.index(),
+                        "the tap was full: its send buffer was limited after the queue \
+                         started; a batch's writes are linked from now on"
+                    );
+                    ring.link();
+                }
                 self.watch(q, true);
                 return Progress::Busy;
             }
@@ -266,6 +278,7 @@ impl std::fmt::Debug for TxHandler {
             .field("hdr_len", &self.hdr_len)
             .field("waiting", &self.waiting.len())
             .field("ring", &self.ring.is_some())
+            .field("linked", &self.ring.as_ref().is_some_and(TapRing::linked))
             .finish()
     }
 }

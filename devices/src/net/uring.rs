@@ -9,8 +9,8 @@
 //! never by the kernel).
 //!
 //! Like the block device's rings, each ring is locked down before it is enabled: the tap is
-//! fixed file 0, and the ring takes only writev, only on that fixed file (linked, or not). io_uring operations
-//! bypass seccomp; with these restrictions a compromised device can do through its ring
+//! fixed file 0, and the ring takes only writev, only on that fixed file (linked, or not).
+//! io_uring operations bypass seccomp; with these restrictions a compromised device can do through its ring
 //! nothing but what its writev rule allows on the tap already.
 
 use std::io;
@@ -26,6 +26,8 @@ pub(crate) const NOT_TRIED: i32 = i32::MIN;
 /// One queue's ring on its tap.
 pub(crate) struct TapRing {
     ring: IoUring,
+    /// A batch's writes are linked (see `run`).
+    linked: bool,
 }
 
 impl std::fmt::Debug for TapRing {
@@ -35,11 +37,12 @@ impl std::fmt::Debug for TapRing {
 }
 
 impl TapRing {
-    /// A ring of `entries` (a power of two) for batches of at most that many frames, on `tap`.
-    pub(crate) fn new(tap: &TapFd, entries: u32) -> io::Result<Self> {
+    /// A ring of `entries` (a power of two) for batches of at most that many frames, on `tap`;
+    /// a batch's writes are linked if `linked`.
+    pub(crate) fn new(tap: &TapFd, entries: u32, linked: bool) -> io::Result<Self> {
         // COOP_TASKRUN: completions are all posted inline, no interrupt of this thread is ever
         // needed. The tap is fixed file 0; writev is the only operation, with no flag but
-        // FIXED_FILE and IO_LINK (a batch's writes are linked; `uring_restricted.rs`).
+        // FIXED_FILE and IO_LINK (a batch's writes may be linked; `uring_restricted.rs`).
         let ring = RestrictedRing {
             entries,
             taskrun: Taskrun::Coop,
@@ -48,13 +51,26 @@ impl TapRing {
             other_flags: squeue::Flags::IO_LINK,
         }
         .build()?;
-        Ok(TapRing { ring })
+        Ok(TapRing { ring, linked })
+    }
+
+    /// Whether a batch's writes are linked.
+    pub(crate) fn linked(&self) -> bool {
+        self.linked
+    }
+
+    /// Links a batch's writes from now on.
+    pub(crate) fn link(&mut self) {
+        self.linked = true;
     }
 
     /// Runs one writev per iovec list of `iovs` (in that order, with RWF_NOWAIT) in
-    /// one submission and stores each result (bytes, or -errno) in `results`. The writes are
-    /// linked: the first that fails or writes short cancels those after it (-ECANCELED), so
-    /// that no frame overtakes one the tap had no room for. A list the ring could not take is
+    /// one submission and stores each result (bytes, or -errno) in `results`. Linked writes:
+    /// the first that fails or writes short cancels those after it (-ECANCELED), so that no
+    /// frame overtakes one the tap had no room for. Each is issued once the one before it has
+    /// completed, which costs about a third more CPU per frame than writes issued together
+    /// (`tests/bench/net-analysis.md`), so a tap that cannot be full runs them unlinked. A list
+    /// the ring could not take is
     /// left at [`NOT_TRIED`]. Err: the ring failed (nothing of the batch is in flight even
     /// then); the caller stops using it.
     pub(crate) fn run(&mut self, iovs: &[IoVecs], results: &mut Vec<i32>) -> io::Result<()> {
@@ -66,7 +82,7 @@ impl TapRing {
             let last = iovs.len().saturating_sub(1);
             for (i, iov) in iovs.iter().enumerate() {
                 let fd = types::Fixed(0);
-                let link = if i < last {
+                let link = if self.linked && i < last {
                     squeue::Flags::IO_LINK
                 } else {
                     squeue::Flags::empty()

@@ -90,7 +90,11 @@ pub fn run_audit(kind: &str, runs: Vec<Run<'_>>) -> Result<()> {
         if let Err(e) = &outcome {
             failures.push(format!("workload ({}): {e:#}", run.name));
         }
-        traces.push((run.name, Trace::read(&dir.join("trace"))?));
+        match Trace::read(&dir.join("trace")) {
+            Ok(t) => traces.push((run.name, t)),
+            // Say why the workload stopped too: a launcher that never started traces nothing.
+            Err(e) => bail!("{e:#}\n  {}", failures.join("\n  ")),
+        }
     }
 
     let mut audit = Audit::new(kind, &policy);
