@@ -1,12 +1,13 @@
 //! Queues in one worker group (`WorkerGroup`, `Worker::spawn_in`): they run on one thread,
 //! work one hands the other through an event fd is done by that thread, and each queue keeps
 //! its own life: one sleeps or stops while the other serves, and the thread ends with the
-//! group's last handle. Driven directly (queues on anonymous guest memory), without a
+//! group's last handle; a queue that wakes another signals its driver only once that one has
+//! run too. Driven directly (queues on anonymous guest memory), without a
 //! connection.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ struct Handler {
     /// Woken instead of (or as well as) `hand_to`.
     wake: Option<QueueWaker>,
     threads: Arc<Mutex<Vec<ThreadId>>>,
+    /// Each `process` that finds work waits for one message here first.
+    hold: Option<Mutex<mpsc::Receiver<()>>>,
 }
 
 impl QueueHandler for Handler {
@@ -43,6 +46,11 @@ impl QueueHandler for Handler {
             .lock()
             .expect("threads")
             .push(std::thread::current().id());
+        if let Some(hold) = &self.hold {
+            if q.avail_pending() {
+                let _ = hold.lock().expect("hold").recv_timeout(TIMEOUT);
+            }
+        }
         let mut any = false;
         while let Some(head) = q.pop() {
             q.complete(head, 0);
@@ -151,8 +159,15 @@ fn start(
     index: usize,
     hand_to: Option<Arc<EventFd>>,
 ) -> (Queue, Worker) {
-    let (q, w, _) = start_waking(group, mem, index, hand_to, None);
+    let (q, w, _) = start_waking(group, mem, index, hand_to, None, Extra::default());
     (q, w)
+}
+
+/// What some tests add to a queue: a call eventfd, and a hold on its handler's `process`.
+#[derive(Default)]
+struct Extra {
+    call: Option<EventFd>,
+    hold: Option<mpsc::Receiver<()>>,
 }
 
 /// As `start`, with a waker to call after completing something; also returns this queue's
@@ -163,10 +178,12 @@ fn start_waking(
     index: usize,
     hand_to: Option<Arc<EventFd>>,
     wake: Option<QueueWaker>,
+    extra: Extra,
 ) -> (Queue, Worker, QueueWaker) {
     let base = AREA * index as u64;
     let shared = Arc::new(VringShared::default());
     shared.enabled.store(true, Ordering::SeqCst);
+    *shared.call.lock().expect("call") = extra.call;
     let setup = QueueSetup {
         index,
         size: SIZE,
@@ -188,6 +205,7 @@ fn start_waking(
         hand_to,
         wake,
         threads: threads.clone(),
+        hold: extra.hold.map(Mutex::new),
     };
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let worker = Worker::spawn_in(group, io, Box::new(handler), kick.try_clone().expect("dup"))
@@ -297,8 +315,9 @@ fn a_grouped_queue_sleeps_and_stops_on_its_own() {
 fn a_waker_runs_its_queue_from_the_group_and_from_other_threads() {
     let group = WorkerGroup::spawn("grp-wake".into(), 0).expect("group");
     let mem = memory();
-    let (mut q1, w1, wake1) = start_waking(&group, &mem, 1, None, None);
-    let (mut q0, w0, _) = start_waking(&group, &mem, 0, None, Some(wake1.clone()));
+    let (mut q1, w1, wake1) = start_waking(&group, &mem, 1, None, None, Extra::default());
+    let (mut q0, w0, _) =
+        start_waking(&group, &mem, 0, None, Some(wake1.clone()), Extra::default());
 
     // Queue 0's work wakes queue 1 through its waker (same thread: a flag only).
     q1.driver.offer(false);
@@ -318,5 +337,67 @@ fn a_waker_runs_its_queue_from_the_group_and_from_other_threads() {
     // A stopped queue's waker says nobody will come.
     assert!(w1.stop().is_some());
     assert!(!wake1.wake());
+    assert!(w0.stop().is_some());
+}
+
+/// Whether `fd` (non-blocking) has been signalled since the last look; clears it.
+fn signalled(fd: &EventFd) -> bool {
+    fd.read().is_ok()
+}
+
+#[test]
+fn a_queue_signals_only_after_the_queues_it_woke_have_run() {
+    let group = WorkerGroup::spawn("grp-pass".into(), 0).expect("group");
+    let mem = memory();
+    let call = |_| EventFd::new(EFD_NONBLOCK).expect("call");
+    let (call1, call0): (EventFd, EventFd) = (call(1), call(0));
+    let (release, hold) = mpsc::channel();
+    // Queue 1 (first in the group, as vsock's receive queue) answers what queue 0 (its
+    // transmit queue) wakes it for; its `process` waits for this test.
+    let extra1 = Extra {
+        call: Some(call1.try_clone().expect("dup")),
+        hold: Some(hold),
+    };
+    let (mut q1, w1, wake1) = start_waking(&group, &mem, 1, None, None, extra1);
+    let extra0 = Extra {
+        call: Some(call0.try_clone().expect("dup")),
+        hold: None,
+    };
+    let (mut q0, w0, _) = start_waking(&group, &mem, 0, None, Some(wake1), extra0);
+
+    // A first request for queue 0 alone: a queue added to a group runs its ring once when it
+    // starts, outside the group's passes, and may find this one there.
+    q0.driver.offer(true);
+    assert!(q0.driver.wait_used(1));
+    let deadline = Instant::now() + TIMEOUT;
+    while !signalled(&call0) {
+        assert!(Instant::now() < deadline, "queue 0 never signalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signalled(&call1);
+
+    for round in 1..=3u16 {
+        q1.driver.offer(false);
+        q0.driver.offer(true);
+        // Queue 0 has completed its request and woken queue 1, which is held: neither
+        // signals yet, though queue 0's completion is done.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !signalled(&call0),
+            "round {round}: queue 0 signalled before the queue it woke had run"
+        );
+        assert!(!signalled(&call1), "round {round}: queue 1 is held");
+        release.send(()).expect("release");
+        assert!(q1.driver.wait_used(round) && q0.driver.wait_used(round + 1));
+        let deadline = Instant::now() + TIMEOUT;
+        let (mut got0, mut got1) = (false, false);
+        while !(got0 && got1) && Instant::now() < deadline {
+            got0 |= signalled(&call0);
+            got1 |= signalled(&call1);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(got0 && got1, "round {round}: both signalled once both ran");
+    }
+    assert!(w1.stop().is_some());
     assert!(w0.stop().is_some());
 }

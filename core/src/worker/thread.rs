@@ -15,6 +15,10 @@ use super::{Command, Commands};
 /// The token of the command eventfd (no queue's range reaches it).
 pub(super) const TOKEN_CTL: u64 = u64::MAX;
 
+/// Most passes over the queues after one wait while their wakers keep waking them; then the
+/// events are looked at again (without sleeping) before the next pass.
+const WAKER_PASSES: usize = 4;
+
 /// Everything a worker thread owns.
 pub(super) struct Thread {
     pub slots: Vec<Slot>,
@@ -83,12 +87,23 @@ impl Thread {
                 }
             }
             // A kick and a sleep command in one wait: the kick's work waits for the wake (a
-            // sleeping device takes no request).
-            for s in &mut self.slots {
-                s.take_wake();
-                if std::mem::take(&mut s.want_process) && !s.asleep {
-                    process(&mut s.io, s.handler.as_mut());
+            // sleeping device takes no request). A queue of the group woken through its
+            // waker while another ran (vsock's transmit side waking the receive side for a
+            // credit update) runs in the same pass, and the queues publish and signal only
+            // after all have run: the driver is woken once for what the pass did, with the
+            // answer ready, not once per queue with the first signal ahead of the answer.
+            for _ in 0..WAKER_PASSES {
+                for s in &mut self.slots {
+                    s.take_wake();
+                    if std::mem::take(&mut s.want_process) && !s.asleep {
+                        process(&mut s.io, s.handler.as_mut());
+                    }
                 }
+                if !self.slots.iter().any(Slot::woken) {
+                    break;
+                }
+            }
+            for s in &mut self.slots {
                 s.io.flush();
             }
         }
