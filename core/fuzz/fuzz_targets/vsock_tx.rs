@@ -24,11 +24,11 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr, UnixListener};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use nix::sys::socket::{recv, MsgFlags};
+use nix::sys::socket::{recv, MsgFlags, UnixAddr};
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vu_core::dirty_log::{DirtyLog, LogBitmap};
 use vu_core::vring::QueueSetup;
@@ -70,8 +70,8 @@ struct Rig {
     broker: OwnedFd,
     /// Our end of the link to the sibling.
     link: OwnedFd,
-    /// The listener's (abstract) address.
-    listener: SocketAddr,
+    /// The listener's (abstract) address, as `connect_nonblocking` takes it.
+    listener: UnixAddr,
     buf: Vec<u8>,
     /// The TX and RX queues between inputs (see `reuse_queue`).
     queues: Option<(QueueIo, QueueIo)>,
@@ -82,8 +82,9 @@ struct Rig {
 
 fn rig() -> Rig {
     let name = format!("vu-fuzz-vsock-{}", std::process::id());
-    let listener = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
-    let l = UnixListener::bind_addr(&listener).expect("bind listener");
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    let l = UnixListener::bind_addr(&addr).expect("bind listener");
+    let listener = UnixAddr::new_abstract(name.as_bytes()).expect("abstract name");
     let (dev_end, parent) = broker::broker_pair().expect("broker pair");
     let mut cfg = VsockConfig::new(GUEST_CID);
     cfg.listener = Some(l);

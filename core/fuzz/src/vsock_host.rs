@@ -8,7 +8,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
-use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{
+    connect, recv, sendmsg, socket, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag,
+    SockType, UnixAddr,
+};
 use vu_devices::vsock::broker::{Reply, Request, MSG_LEN};
 
 /// The next connection request from the device, if one waits: (request id, port).
@@ -90,11 +93,10 @@ pub struct HostStream {
 }
 
 impl HostStream {
-    /// A stream for connection `key`.
+    /// A stream for connection `key`. `sock` must be non-blocking already (`stream_pair`
+    /// and `connect_nonblocking` make it so when they create it: an `ioctl` per stream
+    /// less, about one per input).
     pub fn new(key: (u32, u32), sock: Option<UnixStream>, host_init: bool) -> Self {
-        if let Some(s) = &sock {
-            s.set_nonblocking(true).expect("nonblocking stream");
-        }
         HostStream {
             key,
             sock,
@@ -213,10 +215,37 @@ impl HostStream {
     }
 }
 
-/// A connected pair: (ours, the device's end as an fd). The device's end gets a small send
-/// buffer, so that guest data waits in the device when the program does not read.
+/// A connected pair: (ours, the device's end as an fd), both non-blocking from the start.
+/// The device's end gets a small send buffer, so that guest data waits in the device when the
+/// program does not read. (A broker would hand the device a blocking stream; the device makes
+/// every stream it is given non-blocking before it uses it, with the same two `fcntl` calls
+/// either way, so the flag it finds changes nothing it does.)
 pub fn stream_pair() -> (UnixStream, OwnedFd) {
-    let (a, b) = UnixStream::pair().expect("socketpair");
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
     let _ = nix::sys::socket::setsockopt(&b, nix::sys::socket::sockopt::SndBuf, &4096);
-    (a, OwnedFd::from(b))
+    (UnixStream::from(a), b)
+}
+
+/// A host program's stream to the listener at `addr`, non-blocking from the start (one
+/// `socket` and one `connect`; `UnixStream::connect_addr` and `set_nonblocking` take an
+/// `ioctl` more). A blocking `connect` would wait only on a full backlog, where this one
+/// fails (`EAGAIN`, and the program is not there) instead. The backlog has not filled in
+/// any campaign so far (an input connects 16 programs at most, and a blocking `connect` on
+/// a full backlog would have hung the target).
+pub fn connect_nonblocking(addr: &UnixAddr) -> Option<UnixStream> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    connect(fd.as_raw_fd(), addr).ok()?;
+    Some(UnixStream::from(fd))
 }

@@ -106,6 +106,11 @@ fn positions() -> &'static [usize; 16] {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
+        assert!(
+            names.len() <= MAX_COUNTERS,
+            "the device has {} counters; MAX_COUNTERS is {MAX_COUNTERS}",
+            names.len()
+        );
         NAMED.map(|want| {
             names
                 .iter()
@@ -115,14 +120,16 @@ fn positions() -> &'static [usize; 16] {
     })
 }
 
+/// The device's counters (`VsockStats::fields`) fit in this many.
+const MAX_COUNTERS: usize = 64;
+
 /// For each counter: `Some(n)` it must move by exactly n (0 by default), `None` it may
 /// move (the host class's, and sibling packets, accounted for over the whole input: a
 /// packet waiting for a full link goes out, and is counted, with a later one).
-fn expected_moves(class: Class, h: Option<&Header>) -> Vec<Option<u64>> {
+/// (An array, not a vector: this runs for every packet.)
+fn expected_moves(class: Class, h: Option<&Header>) -> [Option<u64>; MAX_COUNTERS] {
     let pos = positions();
-    static COUNTERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let n = *COUNTERS.get_or_init(|| VsockStats::default().fields().len());
-    let mut want = vec![Some(0u64); n];
+    let mut want = [Some(0u64); MAX_COUNTERS];
     let mut set = |c: usize, v: Option<u64>| want[pos[c]] = v;
     set(C_SIBLING_OUT, None);
     match class {

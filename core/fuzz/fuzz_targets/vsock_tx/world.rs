@@ -186,7 +186,7 @@ impl Run<'_> {
     /// A host program connects through the listener and writes its line.
     pub(super) fn host_connect(&mut self, line: Line) {
         let port = HOST_CONN_PORT + self.host_conns.len() as u32;
-        let Ok(mut s) = UnixStream::connect_addr(&self.rig.listener) else {
+        let Some(mut s) = connect_nonblocking(&self.rig.listener) else {
             return;
         };
         let text = match line {
