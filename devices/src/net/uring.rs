@@ -10,8 +10,8 @@
 //!
 //! Like the block device's rings, each ring is locked down before it is enabled: the tap is
 //! fixed file 0, and the ring takes only writev, only on that fixed file (linked, or not).
-//! io_uring operations bypass seccomp; with these restrictions a compromised device can do through its ring
-//! nothing but what its writev rule allows on the tap already.
+//! io_uring operations bypass seccomp; with these restrictions a compromised device can do
+//! through its ring nothing but what its writev rule allows on the tap already.
 
 use std::io;
 
@@ -70,9 +70,8 @@ impl TapRing {
     /// frame overtakes one the tap had no room for. Each is issued once the one before it has
     /// completed, which costs about a third more CPU per frame than writes issued together
     /// (`tests/bench/net-analysis.md`), so a tap that cannot be full runs them unlinked. A list
-    /// the ring could not take is
-    /// left at [`NOT_TRIED`]. Err: the ring failed (nothing of the batch is in flight even
-    /// then); the caller stops using it.
+    /// the ring could not take is left at [`NOT_TRIED`]. Err: the ring failed (nothing of the
+    /// batch is in flight even then); the caller stops using it.
     pub(crate) fn run(&mut self, iovs: &[IoVecs], results: &mut Vec<i32>) -> io::Result<()> {
         results.clear();
         results.resize(iovs.len(), NOT_TRIED);

@@ -120,7 +120,6 @@ fn admit(shared: &Shared, rx: &mut RxState, stream: UnixStream) {
         vu_core::warn_ratelimited!("vsock: too many host connections; one refused");
         return;
     }
-    // (Accepted non-blocking: `iov::accept_nonblocking`.)
     let id = shared.next_id();
     let ev = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
     if shared
