@@ -1,7 +1,6 @@
 //! Rate limiting for log lines a guest or front-end can trigger at will.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Allows `burst` events per second; counts the rest.
 #[derive(Debug)]
@@ -26,10 +25,7 @@ impl RateLimiter {
     /// Whether to log now. On the first allowed event of a new second, returns how many
     /// were suppressed before it through `suppressed`.
     pub fn allow(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = coarse_seconds();
         if self.second.swap(now, Ordering::Relaxed) != now {
             self.count.store(0, Ordering::Relaxed);
         }
@@ -40,6 +36,21 @@ impl RateLimiter {
             None
         }
     }
+}
+
+/// Seconds of a clock that ticks every few milliseconds: a guest flooding a warning makes
+/// the limiter read the clock once per event, and the coarse clock is read without the
+/// cycle counter.
+fn coarse_seconds() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
 /// Logs a warning at most `burst` times a second per call site.

@@ -311,6 +311,88 @@ fn a_refused_frame_in_the_middle_of_a_batch_is_dropped_alone() {
     assert_eq!((st.tx_packets, st.tx_dropped_write_error), (6, 1));
 }
 
+/// The io_uring instances this process holds open: (inode, SQEs submitted so far) from
+/// each one's fdinfo.
+fn rings() -> Vec<(u64, u64)> {
+    let field = |info: &str, name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in io_uring fdinfo"))
+    };
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            if target.as_os_str() != "anon_inode:[io_uring]" {
+                return None;
+            }
+            let fd = e.file_name();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.to_str()?)).ok()?;
+            Some((field(&info, "ino:"), field(&info, "SqTail:")))
+        })
+        .collect()
+}
+
+fn rings_open() -> usize {
+    rings().len()
+}
+
+#[test]
+fn after_a_full_tap_a_batch_is_about_what_the_tap_took() {
+    let mut s = setup_with(true);
+    let before = rings();
+    // The tap takes a few frames, then frames are read slowly: each time the tap has room
+    // again, it is for a few. A batch of 32 writes each time would prepare and cancel the
+    // rest.
+    let frames = burst(&mut s, 64, 1000);
+    wait_for("the tap to fill", || s.dev.stats().tx_tap_full > 0);
+    for f in &frames {
+        assert_eq!(&recv(&mut s), f);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.fe.wait(TX, 64);
+    // What each ring submitted meanwhile (the queue may have set its up before or after
+    // `before` was taken).
+    let sqes: u64 = rings()
+        .iter()
+        .map(|&(ino, now)| {
+            let then = before.iter().find(|r| r.0 == ino).map_or(0, |r| r.1);
+            now - then
+        })
+        .sum();
+    assert!(
+        (64..3 * 64).contains(&sqes),
+        "{sqes} writes submitted for 64 frames"
+    );
+}
+
+#[test]
+fn a_restarted_queue_takes_the_ring_its_last_start_left() {
+    let mut s = setup();
+    let mut first = None;
+    for round in 0..4u8 {
+        // Several frames at once: they go to the tap through the ring.
+        let frames = burst(&mut s, 40, 200 + usize::from(round));
+        for f in &frames {
+            assert_eq!(&recv(&mut s), f, "round {round}");
+        }
+        s.fe.wait(TX, 40);
+        let now = rings_open();
+        assert!(now >= 1, "the queue has a ring");
+        assert_eq!(
+            now,
+            *first.get_or_insert(now),
+            "round {round}: a new ring for a new start of the queue"
+        );
+        // A driver reset: the queue stops and starts again.
+        s.fe.stop_ring(TX);
+        s.fe.restart_ring(TX, QSIZE);
+    }
+    assert_eq!(s.dev.stats().tx_packets, 160);
+}
+
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -7,9 +7,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
+use std::sync::Mutex;
 
 use super::error::NetError;
 use super::tun;
+use super::uring::TapRing;
 
 /// What kind of descriptor it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,9 @@ pub(crate) enum Kind {
 pub(crate) struct TapFd {
     file: File,
     kind: Kind,
+    /// The transmit ring of the last queue start, idle, for the next one (a ring's setup and
+    /// teardown cost more than a queue's whole start otherwise).
+    spare_ring: Mutex<Option<TapRing>>,
 }
 
 impl TapFd {
@@ -45,7 +50,11 @@ impl TapFd {
             return Err(NetError::NotATap(pair));
         };
         set_nonblocking(&file).map_err(|e| NetError::Probe(pair, e))?;
-        Ok(TapFd { file, kind })
+        Ok(TapFd {
+            file,
+            kind,
+            spare_ring: Mutex::new(None),
+        })
     }
 
     pub(crate) fn kind(&self) -> Kind {
@@ -101,6 +110,25 @@ impl TapFd {
         match self.kind {
             Kind::Tap { .. } => !matches!(tun::get_sndbuf(self.file.as_fd()), Ok(libc::c_int::MAX)),
             Kind::Socket => true,
+        }
+    }
+
+    /// The idle transmit ring a stopped queue left on this tap, if any.
+    pub(crate) fn take_ring(&self) -> Option<TapRing> {
+        self.spare_ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Keeps an idle transmit ring (nothing in flight) for the next queue start; one at most.
+    pub(crate) fn keep_ring(&self, ring: TapRing) {
+        let mut spare = self
+            .spare_ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.is_none() {
+            *spare = Some(ring);
         }
     }
 

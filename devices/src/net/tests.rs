@@ -1,5 +1,5 @@
 //! Unit tests: configuration checks, descriptors accepted or refused, feature bits, config
-//! space, snapshot and status. Queue behaviour is tested through the core's handler in
+//! space, snapshot and status, the transmit ring kept across queue starts. Queue behaviour is tested through the core's handler in
 //! `devices/tests/net_*.rs`.
 
 use std::fs::File;
@@ -206,4 +206,23 @@ fn mac_addresses_parse_and_print() {
         assert!(parse_mac(bad).is_err(), "{bad:?}");
     }
     assert_eq!(format_mac(&mac), "52:54:00:12:34:0a");
+}
+
+#[test]
+fn a_stopped_transmit_queue_leaves_its_ring_to_the_next_start() {
+    let tap = Arc::new(TapFd::probe(socket(), 0).expect("socket"));
+    let counters = Arc::new(Counters::default());
+    let mut first = TxHandler::new(tap.clone(), counters.clone(), 12);
+    first.setup_ring();
+    let ring = first.ring_fd().expect("a ring on this kernel");
+    drop(first);
+    // Were the ring closed, this would take its descriptor number.
+    let other = File::open("/dev/null").expect("/dev/null");
+    let mut second = TxHandler::new(tap.clone(), counters, 12);
+    second.setup_ring();
+    assert_eq!(second.ring_fd(), Some(ring), "the same ring");
+    assert!(tap.take_ring().is_none(), "taken, not copied");
+    drop(second);
+    assert!(tap.take_ring().is_some(), "back on the tap");
+    drop(other);
 }

@@ -15,6 +15,10 @@
 //! set up gets unlinked ones; if its buffer is limited later (by another holder of the tap)
 //! and it fills, the writes are linked from then on: only that one batch may have let a frame
 //! past the one that met the full tap.
+//!
+//! Batch size: a write after the one that met the full tap is prepared and cancelled for
+//! nothing, so after a full tap the next batch is one frame more than the last got through,
+//! and it doubles back to `BATCH` while batches go through whole.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -48,6 +52,9 @@ pub(crate) struct TxHandler {
     ring: Option<TapRing>,
     /// The ring was set up (or tried): once, on the first frames.
     ring_tried: bool,
+    /// Most frames in the next batch: `BATCH`, or after the tap was full one more than the
+    /// last batch got through, doubling again while batches go through whole.
+    batch_limit: usize,
     /// The frames of the batch at hand, and their iovec lists and results.
     batch: Vec<u16>,
     iovs: Vec<IoVecs>,
@@ -64,6 +71,7 @@ impl TxHandler {
             watching: false,
             ring: None,
             ring_tried: false,
+            batch_limit: BATCH,
             batch: Vec::with_capacity(BATCH),
             iovs: (0..BATCH).map(|_| IoVecs::default()).collect(),
             results: Vec::with_capacity(BATCH),
@@ -84,14 +92,28 @@ impl TxHandler {
         }
     }
 
-    fn setup_ring(&mut self) {
+    /// Takes the ring the last start of this queue left on the tap, or sets one up.
+    pub(super) fn setup_ring(&mut self) {
         self.ring_tried = true;
+        if let Some(mut r) = self.tap.take_ring() {
+            if !r.linked() && self.tap.can_be_full() {
+                r.link();
+            }
+            self.ring = Some(r);
+            return;
+        }
         match TapRing::new(&self.tap, BATCH as u32, self.tap.can_be_full()) {
             Ok(r) => self.ring = Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "no io_uring for the tap; one writev per frame")
             }
         }
+    }
+
+    /// The descriptor of the ring in use, if any.
+    #[cfg(test)]
+    pub(super) fn ring_fd(&self) -> Option<RawFd> {
+        self.ring.as_ref().map(TapRing::fd)
     }
 
     /// Checks the chain of `head` and puts its iovecs in the batch's next slot; a malformed
@@ -162,7 +184,11 @@ impl TxHandler {
         }
         let mut done = 0;
         while done < BUDGET {
-            let limit = if self.ring.is_none() { 1 } else { BATCH };
+            let limit = if self.ring.is_none() {
+                1
+            } else {
+                self.batch_limit
+            };
             self.batch.clear();
             // A frame that waited already was counted when it first met the full tap.
             let retry = !self.waiting.is_empty();
@@ -190,6 +216,10 @@ impl TxHandler {
                 if kept(r) {
                     if r == -libc::EAGAIN && !full {
                         full = true;
+                        // The writes after the one that met the full tap are prepared and
+                        // cancelled for nothing: the next batch is about what this one got
+                        // through.
+                        self.batch_limit = i + 1;
                         if !(retry && i == 0) {
                             Counters::inc(&self.counters.tx_tap_full);
                         }
@@ -214,6 +244,9 @@ impl TxHandler {
                     self.waiting.push_front(self.batch[i]);
                 }
             }
+            if !full {
+                self.batch_limit = (self.batch_limit * 2).min(BATCH);
+            }
             if full {
                 if let Some(ring) = self.ring.as_mut().filter(|r| !r.linked()) {
                     tracing::warn!(
@@ -236,6 +269,16 @@ impl TxHandler {
 /// an earlier write of the batch), a full tap, or an interrupted call.
 fn kept(r: i32) -> bool {
     r == NOT_TRIED || r == -libc::EAGAIN || r == -libc::EINTR || r == -libc::ECANCELED
+}
+
+impl Drop for TxHandler {
+    /// The ring goes back to the tap for the queue's next start. It is idle: a batch's
+    /// writes have all completed when `run` returns, and a ring that failed was dropped then.
+    fn drop(&mut self) {
+        if let Some(r) = self.ring.take() {
+            self.tap.keep_ring(r);
+        }
+    }
 }
 
 impl QueueHandler for TxHandler {

@@ -274,6 +274,13 @@ impl Frontend {
         u32::from_ne_bytes(r.body[4..8].try_into().expect("num"))
     }
 
+    /// Starts ring `q` again after [`Frontend::stop_ring`], as a driver reset does: its
+    /// memory cleared, its indices back at 0.
+    pub fn restart_ring(&mut self, q: usize, size: u16) {
+        self.write(RING_SLICE * q as u64, &vec![0; RING_SLICE as usize]);
+        self.start_ring(q, size);
+    }
+
     /// Buffers of a page or more start on a page (plus `misalign`), of a sector or more on
     /// a sector, smaller ones on 16 bytes. The slice is reused from its start when it runs
     /// out, which must not happen while requests are outstanding.
