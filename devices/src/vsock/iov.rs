@@ -62,13 +62,18 @@ impl IoVecs {
     }
 }
 
-/// Makes `fd` non-blocking with fcntl (the device's seccomp policy has no ioctl for it).
+/// Makes `fd` non-blocking with fcntl (the device's seccomp policy has no ioctl for it); one
+/// call if it is already.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL only reads the status flags of a descriptor the caller holds open.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        // As the broker makes its streams.
+        return Ok(());
     }
     // SAFETY: F_SETFL only changes the status flags of that descriptor.
     if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
@@ -204,6 +209,9 @@ pub(crate) fn recv(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -233,5 +241,24 @@ mod tests {
         assert_eq!(v.v[1].iov_len, 100);
         assert_eq!(v.set(&segs, 200, 10), 0);
         assert!(v.v.is_empty());
+    }
+
+    #[test]
+    fn streams_become_non_blocking_whatever_they_were() {
+        let flags = |s: &UnixStream| {
+            // SAFETY: F_GETFL only reads the flags of a descriptor `s` holds open.
+            unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) }
+        };
+        let (a, b) = UnixStream::pair().expect("pair");
+        b.set_nonblocking(true).expect("non-blocking");
+        for s in [&a, &b] {
+            set_nonblocking(s.as_fd()).expect("set");
+            assert_ne!(flags(s) & libc::O_NONBLOCK, 0);
+            // Nothing to read: a non-blocking stream answers at once.
+            assert_eq!(
+                (&*s).read(&mut [0u8; 1]).map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock)
+            );
+        }
     }
 }
