@@ -335,10 +335,6 @@ fn rings() -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn rings_open() -> usize {
-    rings().len()
-}
-
 #[test]
 fn after_a_full_tap_a_batch_is_about_what_the_tap_took() {
     let mut s = setup_with(true);
@@ -353,7 +349,7 @@ fn after_a_full_tap_a_batch_is_about_what_the_tap_took() {
         std::thread::sleep(Duration::from_millis(1));
     }
     s.fe.wait(TX, 64);
-    // What each ring submitted meanwhile (the queue may have set its up before or after
+    // What each ring submitted meanwhile (the queue may have set it up before or after
     // `before` was taken).
     let sqes: u64 = rings()
         .iter()
@@ -363,7 +359,7 @@ fn after_a_full_tap_a_batch_is_about_what_the_tap_took() {
         })
         .sum();
     assert!(
-        (64..3 * 64).contains(&sqes),
+        (1..3 * 64).contains(&sqes),
         "{sqes} writes submitted for 64 frames"
     );
 }
@@ -379,11 +375,13 @@ fn a_restarted_queue_takes_the_ring_its_last_start_left() {
             assert_eq!(&recv(&mut s), f, "round {round}");
         }
         s.fe.wait(TX, 40);
-        let now = rings_open();
-        assert!(now >= 1, "the queue has a ring");
+        // Each ring's inode (distinct per ring on kernels that give io_uring its own inode).
+        let mut now: Vec<u64> = rings().iter().map(|&(ino, _)| ino).collect();
+        now.sort_unstable();
+        assert!(!now.is_empty(), "the queue has a ring");
         assert_eq!(
-            now,
-            *first.get_or_insert(now),
+            &now,
+            first.get_or_insert_with(|| now.clone()),
             "round {round}: a new ring for a new start of the queue"
         );
         // A driver reset: the queue stops and starts again.

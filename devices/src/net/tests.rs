@@ -1,6 +1,6 @@
 //! Unit tests: configuration checks, descriptors accepted or refused, feature bits, config
-//! space, snapshot and status, the transmit ring kept across queue starts. Queue behaviour is tested through the core's handler in
-//! `devices/tests/net_*.rs`.
+//! space, snapshot and status, the transmit ring kept across queue starts. Queue behaviour
+//! is tested through the core's handler in `devices/tests/net_*.rs`.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
