@@ -349,8 +349,8 @@ fn signalled(fd: &EventFd) -> bool {
 fn a_queue_signals_only_after_the_queues_it_woke_have_run() {
     let group = WorkerGroup::spawn("grp-pass".into(), 0).expect("group");
     let mem = memory();
-    let call = |_| EventFd::new(EFD_NONBLOCK).expect("call");
-    let (call1, call0): (EventFd, EventFd) = (call(1), call(0));
+    let call = || EventFd::new(EFD_NONBLOCK).expect("call");
+    let (call1, call0) = (call(), call());
     let (release, hold) = mpsc::channel();
     // Queue 1 (first in the group, as vsock's receive queue) answers what queue 0 (its
     // transmit queue) wakes it for; its `process` waits for this test.

@@ -217,9 +217,8 @@ impl HostStream {
 
 /// A connected pair: (ours, the device's end as an fd), both non-blocking from the start.
 /// The device's end gets a small send buffer, so that guest data waits in the device when the
-/// program does not read. (A broker would hand the device a blocking stream; the device makes
-/// every stream it is given non-blocking before it uses it, with the same two `fcntl` calls
-/// either way, so the flag it finds changes nothing it does.)
+/// program does not read. (The launcher's broker makes its streams non-blocking too; the
+/// device reads each stream's flags and sets O_NONBLOCK only where it is missing.)
 pub fn stream_pair() -> (UnixStream, OwnedFd) {
     let (a, b) = socketpair(
         AddressFamily::Unix,

@@ -244,9 +244,6 @@ impl TxHandler {
                     self.waiting.push_front(self.batch[i]);
                 }
             }
-            if !full {
-                self.batch_limit = (self.batch_limit * 2).min(BATCH);
-            }
             if full {
                 if let Some(ring) = self.ring.as_mut().filter(|r| !r.linked()) {
                     tracing::warn!(
@@ -259,6 +256,7 @@ impl TxHandler {
                 self.watch(q, true);
                 return Progress::Busy;
             }
+            self.batch_limit = (self.batch_limit * 2).min(BATCH);
         }
         self.watch(q, true);
         Progress::Busy
